@@ -1,0 +1,291 @@
+"""Directions on the unit sphere and orthonormal real spherical harmonics.
+
+The outer shell of a particle is a radius function ``P(u)`` on the unit sphere
+(Eq. 1 of Fuchs et al. 2025), expanded in real spherical harmonics up to degree
+``L`` (Eq. 2-3). Coefficients are stored flat, in the order
+``index(l, m) = l**2 + l + m`` (``a_00, a_1-1, a_10, a_11, a_2-2, ...``), so a
+degree-``L`` expansion has ``(L + 1)**2`` coefficients.
+
+Phase convention: ``Y_lm`` for ``m > 0`` is ``sqrt(2) Re Y_l^m`` and for
+``m < 0`` it is ``sqrt(2) Im Y_l^|m|`` of SciPy's complex harmonics (which
+carry the Condon-Shortley phase). The reading notes point out that any fixed
+convention works because the coefficient laws are symmetric about zero.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import scipy.special
+from scipy.spatial import SphericalVoronoi
+from scipy.spatial.transform import Rotation
+
+from .errors import StereograinError
+
+__all__ = [
+    "icosphere",
+    "antipodes",
+    "quadrature_weights",
+    "n_coefficients",
+    "degree_of",
+    "coefficient_names",
+    "real_sph_harm",
+    "basis",
+    "random_rotations",
+    "fit_coefficients",
+    "evaluate",
+]
+
+
+def _check_level(level: int) -> int:
+    if not isinstance(level, (int, np.integer)) or level < 0 or level > 8:
+        raise StereograinError(
+            f"icosphere level must be an integer in 0..8 (3 gives 642 directions), got {level!r}"
+        )
+    return int(level)
+
+
+def _check_degree(L: int) -> int:
+    if not isinstance(L, (int, np.integer)) or L < 0 or L > 60:
+        raise StereograinError(f"spherical-harmonic degree L must be an integer in 0..60, got {L!r}")
+    return int(L)
+
+
+@lru_cache(maxsize=16)
+def _icosphere(level: int) -> tuple[np.ndarray, np.ndarray]:
+    # trimesh builds the subdivided icosahedron; we cache and freeze the arrays.
+    import trimesh
+
+    mesh = trimesh.creation.icosphere(subdivisions=level, radius=1.0)
+    v = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    f = np.ascontiguousarray(mesh.faces, dtype=np.int64)
+    v.setflags(write=False)
+    f.setflags(write=False)
+    return v, f
+
+
+def icosphere(level: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices and faces of an icosahedron subdivided ``level`` times.
+
+    Parameters
+    ----------
+    level : int
+        Number of subdivisions; the sphere has ``10 * 4**level + 2`` vertices
+        (level 3: 642 directions, the paper's choice).
+
+    Returns
+    -------
+    vertices : (n, 3) float64 array
+        Unit vectors (read-only). The set is symmetric under ``u -> -u``.
+    faces : (m, 3) int64 array
+        Triangles as vertex indices, outward (counter-clockwise) orientation.
+    """
+    return _icosphere(_check_level(level))
+
+
+@lru_cache(maxsize=16)
+def _antipodes(level: int) -> np.ndarray:
+    from scipy.spatial import cKDTree
+
+    v, _ = _icosphere(level)
+    dist, idx = cKDTree(v).query(-v)
+    if dist.max() > 1e-9:
+        raise RuntimeError("icosphere is not antipodally symmetric")
+    idx.setflags(write=False)
+    return idx
+
+
+def antipodes(level: int = 3) -> np.ndarray:
+    """Index of the antipode ``-u`` of every icosphere vertex ``u``, shape ``(n,)``."""
+    return _antipodes(_check_level(level))
+
+
+@lru_cache(maxsize=16)
+def _quadrature_weights(level: int) -> np.ndarray:
+    v, _ = _icosphere(level)
+    sv = SphericalVoronoi(v, radius=1.0)
+    w = sv.calculate_areas()
+    w *= 4.0 * np.pi / w.sum()
+    w.setflags(write=False)
+    return w
+
+
+def quadrature_weights(level: int = 3) -> np.ndarray:
+    """Spherical-Voronoi cell areas of the icosphere vertices (sum ``4 pi``), shape ``(n,)``.
+
+    ``sum_i w_i f(u_i)`` approximates ``integral_{S^2} f(u) du`` (second order in
+    the mesh size).
+    """
+    return _quadrature_weights(_check_level(level))
+
+
+def n_coefficients(L: int) -> int:
+    """Number of real SH coefficients up to degree ``L``: ``(L + 1)**2``."""
+    return (_check_degree(L) + 1) ** 2
+
+
+def degree_of(n_coef: int) -> int:
+    """Degree ``L`` of a flat coefficient vector of length ``n_coef = (L+1)**2``."""
+    L = int(round(np.sqrt(n_coef))) - 1
+    if L < 0 or (L + 1) ** 2 != n_coef:
+        raise StereograinError(
+            f"a coefficient vector must have (L+1)**2 entries (1, 4, 9, ..., 100 for L=9), got {n_coef}"
+        )
+    return L
+
+
+def degrees(L: int) -> np.ndarray:
+    """Degree ``l`` of each flat coefficient index, shape ``((L+1)**2,)``."""
+    return np.repeat(np.arange(_check_degree(L) + 1), 2 * np.arange(L + 1) + 1)
+
+
+def coefficient_names(L: int) -> list[str]:
+    """Column names ``a_0_0, a_1_-1, a_1_0, ...`` in flat order."""
+    return [f"a_{l}_{m}" for l in range(_check_degree(L) + 1) for m in range(-l, l + 1)]
+
+
+def _angles(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    u = np.asarray(u, dtype=np.float64)
+    if u.ndim != 2 or u.shape[1] != 3:
+        raise StereograinError(f"directions must have shape (n, 3), got {u.shape}")
+    norm = np.linalg.norm(u, axis=1)
+    if not np.all(np.isfinite(norm)) or np.any(norm == 0):
+        raise StereograinError("directions must be finite, non-zero vectors")
+    z = np.clip(u[:, 2] / norm, -1.0, 1.0)
+    theta = np.arccos(z)
+    phi = np.mod(np.arctan2(u[:, 1], u[:, 0]), 2.0 * np.pi)
+    return theta, phi
+
+
+def real_sph_harm(L: int, u: np.ndarray) -> np.ndarray:
+    """Orthonormal real spherical harmonics ``Y_lm`` (Eq. 2) at directions ``u``.
+
+    Parameters
+    ----------
+    L : int
+        Maximum degree.
+    u : (n, 3) array
+        Directions (need not be normalised).
+
+    Returns
+    -------
+    (n, (L+1)**2) float64 array
+        Column ``l**2 + l + m`` holds ``Y_lm(u)``.
+    """
+    L = _check_degree(L)
+    theta, phi = _angles(u)
+    Y = scipy.special.sph_harm_y_all(L, L, theta, phi)  # (L+1, 2L+1, n), m wraps negative
+    out = np.empty((theta.size, (L + 1) ** 2), dtype=np.float64)
+    sqrt2 = np.sqrt(2.0)
+    for l in range(L + 1):
+        base = l * l + l
+        out[:, base] = Y[l, 0].real
+        for m in range(1, l + 1):
+            out[:, base + m] = sqrt2 * Y[l, m].real
+            out[:, base - m] = sqrt2 * Y[l, m].imag
+    return out
+
+
+@lru_cache(maxsize=32)
+def _basis(L: int, level: int) -> np.ndarray:
+    B = real_sph_harm(L, _icosphere(level)[0])
+    B.setflags(write=False)
+    return B
+
+
+def basis(L: int = 9, level: int = 3) -> np.ndarray:
+    """Cached SH basis on the icosphere vertices, shape ``(10*4**level+2, (L+1)**2)``."""
+    return _basis(_check_degree(L), _check_level(level))
+
+
+def random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` rotation matrices drawn uniformly from SO(3), shape ``(n, 3, 3)``."""
+    return Rotation.random(int(n), rng=rng).as_matrix()
+
+
+def fit_coefficients(
+    radii: np.ndarray,
+    directions: np.ndarray,
+    L: int = 9,
+    rng: np.random.Generator | int | None = None,
+    rotate: bool = True,
+    chunk: int = 256,
+) -> np.ndarray:
+    """Least-squares SH coefficients of radius functions sampled on directions.
+
+    Following the paper, the fit is of ``P~(R u)`` against ``P(u)`` with one
+    uniformly random rotation ``R`` per particle, which averages out the
+    anisotropy of the voxel grid; the coefficients therefore describe the
+    particle rotated by ``R``. With ``rotate=False`` ``R`` is the identity.
+
+    Parameters
+    ----------
+    radii : (n_particles, n_dirs) or (n_dirs,) array
+        Radius function values (any length unit; the coefficients carry it).
+    directions : (n_dirs, 3) array
+        Unit directions ``u``.
+    L : int
+        Maximum degree; needs ``n_dirs >= (L+1)**2``.
+    rng : Generator or int, optional
+        Source of the rotations (seeded).
+    rotate : bool
+        Apply a random rotation per particle.
+    chunk : int
+        Particles per batched solve (bounds memory).
+
+    Returns
+    -------
+    (n_particles, (L+1)**2) or ((L+1)**2,) float64 array
+    """
+    L = _check_degree(L)
+    r = np.asarray(radii, dtype=np.float64)
+    single = r.ndim == 1
+    r = np.atleast_2d(r)
+    u = np.asarray(directions, dtype=np.float64)
+    if u.ndim != 2 or u.shape[1] != 3 or u.shape[0] != r.shape[1]:
+        raise StereograinError(
+            f"directions must have shape (n_dirs, 3) matching radii's last axis {r.shape[1]}, got {u.shape}"
+        )
+    if not np.all(np.isfinite(r)):
+        raise StereograinError("radius function holds NaN or infinite values")
+    k = (L + 1) ** 2
+    if u.shape[0] < k:
+        raise StereograinError(f"degree L={L} needs at least {k} directions, got {u.shape[0]}")
+    if not rotate:
+        coef = np.linalg.lstsq(real_sph_harm(L, u), r.T, rcond=None)[0].T
+    else:
+        rng = np.random.default_rng(rng)
+        R = random_rotations(r.shape[0], rng)
+        coef = np.empty((r.shape[0], k))
+        for s in range(0, r.shape[0], chunk):
+            Rs = R[s : s + chunk]
+            Ru = np.einsum("pij,nj->pni", Rs, u).reshape(-1, 3)
+            B = real_sph_harm(L, Ru).reshape(len(Rs), u.shape[0], k)
+            BtB = np.einsum("pnk,pnj->pkj", B, B)
+            Btr = np.einsum("pnk,pn->pk", B, r[s : s + chunk])
+            coef[s : s + chunk] = np.linalg.solve(BtB, Btr[..., None])[..., 0]
+    return coef[0] if single else coef
+
+
+def evaluate(coefficients: np.ndarray, directions: np.ndarray | None = None, level: int = 3) -> np.ndarray:
+    """Radius function ``P~(u)`` (Eq. 3) of one or many coefficient vectors.
+
+    Parameters
+    ----------
+    coefficients : ((L+1)**2,) or (n, (L+1)**2) array
+    directions : (k, 3) array, optional
+        Where to evaluate; default the icosphere vertices of ``level``
+        (uses a cached basis: one matrix product for the whole batch).
+    level : int
+        Icosphere level when ``directions`` is None.
+
+    Returns
+    -------
+    (k,) or (n, k) float64 array
+    """
+    a = np.asarray(coefficients, dtype=np.float64)
+    L = degree_of(a.shape[-1])
+    B = basis(L, level) if directions is None else real_sph_harm(L, directions)
+    return a @ B.T
