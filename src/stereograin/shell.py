@@ -336,7 +336,8 @@ class ShellModel:
             if self.negative_radius == "reject":
                 ok &= r.min(axis=1) >= 0
             np.maximum(r, 0, out=r)
-            ok &= (r * r * r) @ w / 3.0 >= self.min_volume
+            with np.errstate(over="ignore"):  # a heavy-tailed law can draw a shell too big for float32: inf passes
+                ok &= (r * r * r) @ w / 3.0 >= self.min_volume
             idx = np.flatnonzero(ok)[:k]
             coefs[filled : filled + idx.size] = batch[idx]
             radii[filled : filled + idx.size] = r[idx]
