@@ -32,30 +32,28 @@ def _best_of(fn, repeats: int) -> float:
 
 
 def bench_shells(n: int, repeats: int) -> dict[str, float]:
-    from stereograin.descriptors import describe_radii
+    from stereograin.descriptors import describe_coefficients
     from stereograin.shell import paper_model
 
     model = paper_model()
 
     def run() -> None:
-        _, radii = model.sample(n, 1, level=3, return_radii=True)
-        d = describe_radii(radii, level=3, compactness=False)
+        d = describe_coefficients(model.sample(n, 1, level=3), level=3, compactness=False)
         assert np.isfinite(d["sphericity"]).all()
 
-    model.sample(1000, 0)  # warm caches (basis, numba)
-    describe_radii(model.sample(1000, 0, return_radii=True)[1], level=3, compactness=False)
+    describe_coefficients(model.sample(1000, 0), level=3, compactness=False)  # warm caches (basis, numba)
     t = _best_of(run, repeats)
     t_draw = _best_of(lambda: model.sample(n, 1, level=3), repeats)
     return {"shells_per_s": n / t, "s_per_shell": t / n, "sample_only_shells_per_s": n / t_draw}
 
 
 def bench_compactness(n: int) -> dict[str, float]:
-    from stereograin.descriptors import describe_radii
+    from stereograin.descriptors import describe_coefficients
     from stereograin.shell import paper_model
 
-    _, radii = paper_model().sample(n, 2, level=3, return_radii=True)
+    coefs = paper_model().sample(n, 2, level=3)
     t = time.perf_counter()
-    describe_radii(radii, level=3, compactness=True)
+    describe_coefficients(coefs, level=3, compactness=True)
     return {"compactness_shells_per_s": n / (time.perf_counter() - t)}
 
 

@@ -33,10 +33,9 @@ def test_sample_is_seeded_and_independent_of_workers():
 
 def test_sample_respects_policies():
     m = paper_model()
-    coefs, radii = m.sample(5000, 3, return_radii=True)
+    coefs = m.sample(5000, 3)
     r = sphere.evaluate(coefs, level=3)
     assert r.min() >= 0  # negative realisations were redrawn
-    np.testing.assert_allclose(radii, np.clip(r, 0, None), rtol=1e-4, atol=1e-3)
     w = sphere.quadrature_weights(3)
     assert ((r**3) @ w / 3).min() >= 10
     # a law that mostly gives negative a00: clip keeps them, reject redraws

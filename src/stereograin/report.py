@@ -9,7 +9,7 @@ import numpy as np
 
 from . import plots
 from .coefficients import CoefficientTable, write_coefficients
-from .descriptors import SHELL_DESCRIPTORS, compare_samples, describe_radii
+from .descriptors import SHELL_DESCRIPTORS, compare_samples, describe_coefficients, describe_radii
 from .io import write_json
 from .shell import ShellModel
 
@@ -72,12 +72,10 @@ def shell_report(
     if dc:
         plots.distance_correlations(np.asarray(dc["per_degree_mean"]), out / "distance_correlation.png")
     if data_radii is None:
-        from . import sphere
-
-        data_radii = np.clip(sphere.evaluate(table.coefficients, level=level), 0, None)
-    data = describe_radii(np.asarray(data_radii, dtype=np.float64), level=level)
-    _, model_radii = model.sample(n_model, rng, level=level, return_radii=True)
-    sim = describe_radii(model_radii.astype(np.float64), level=level)
+        data = describe_coefficients(table.coefficients, level=level)
+    else:
+        data = describe_radii(np.asarray(data_radii), level=level)
+    sim = describe_coefficients(model.sample(n_model, rng, level=level), level=level)
     distances = compare_samples(data, sim, SHELL_DESCRIPTORS)
     plots.descriptor_histograms(
         data, sim, out / "descriptors.png", names=("d_max", "compactness", "aspect_ratio", "sphericity"),
