@@ -52,7 +52,7 @@ def generate_library(
     seed: int,
     shell_model: ShellModel,
     shell_model_name: str = "paper",
-    level: int = 4,
+    level: int = 3,
     preview: int = 8,
     progress: bool = True,
 ) -> dict[str, Any]:
