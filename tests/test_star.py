@@ -4,6 +4,7 @@ import pytest
 from stereograin import sphere
 from stereograin.coefficients import coefficients_from_labels, read_coefficients, write_coefficients
 from stereograin.errors import StereograinError
+from stereograin.segmentation import segment
 from stereograin.star import radius_functions
 from stereograin.synthetic import synthetic_ct, voxelise_shell
 
@@ -44,15 +45,23 @@ def test_first_exit_versus_last_on_a_non_star_particle():
     assert first.captured[0] < 0.95
 
 
-def test_synthetic_shapes_are_recovered_by_the_sh_fit():
-    ct = synthetic_ct(shape=(72, 72, 72), n_particles=4, radius_range=(8, 11), rng=5)
-    table, star = coefficients_from_labels(ct.labels, rng=0, rotate=False)
+def test_segmented_synthetic_ct_recovers_the_known_shapes():
+    """Blurred, noisy CT of known star shapes -> segment -> radius functions -> SH fit."""
+    ct = synthetic_ct(shape=(72, 72, 72), n_particles=4, radius_range=(8, 11), rng=5, blur=1.0, noise=0.08)
+    labels = segment(ct.volume)
+    assert labels.max() == 4
+    table, star = coefficients_from_labels(labels, rng=0, rotate=False)
     assert table.coefficients.shape == (4, 100)
     for p in range(4):
-        truth = ct.labels == table.labels[p]
+        # match each fitted particle to the true one under its centre
+        x, y, z = np.rint(table.centres[p]).astype(int)
+        truth = ct.labels == ct.labels[z, y, x]
         fitted = voxelise_shell(table.coefficients[p], table.centres[p], ct.labels.shape)
         iou = (truth & fitted).sum() / (truth | fitted).sum()
-        assert iou > 0.9, (p, iou)
+        assert iou > 0.85, (p, iou)  # stated tolerance: 85 % overlap after blur, noise and Otsu
+        # mean radius a00 / (2 sqrt(pi)) within half a voxel of the truth's
+        true_a00 = ct.coefficients[ct.labels[z, y, x] - 1, 0]
+        assert abs(table.coefficients[p, 0] - true_a00) / (2 * np.sqrt(np.pi)) < 0.5
     assert (star.captured > 0.9).all()
 
 

@@ -6,6 +6,7 @@ Every user-facing error is a :class:`StereograinError`, printed as one line
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from collections.abc import Callable
@@ -179,9 +180,9 @@ def shell_sample(
 
     m: ShellModel = _load_shell_model(model)
     if negative_radius is not None:
-        m = ShellModel(**{**m.__dict__, "negative_radius": negative_radius})
+        m = dataclasses.replace(m, negative_radius=negative_radius)
     if min_volume is not None:
-        m = ShellModel(**{**m.__dict__, "min_volume": min_volume})
+        m = dataclasses.replace(m, min_volume=min_volume)
     coefs = m.sample(n, np.random.default_rng(seed))
     desc = describe_coefficients(coefs, level=level, compactness=compactness, progress=True)
     cols = list(SHELL_DESCRIPTORS) + sphere.coefficient_names(m.L)

@@ -66,6 +66,7 @@ __all__ = [
     "describe_coefficients",
     "describe_mask",
     "compare_samples",
+    "sphericity",
 ]
 
 #: Names of the shell descriptors: the keys, in order, of every ``describe_*`` result.
@@ -222,11 +223,24 @@ def _hull_volumes(rt: np.ndarray, vertices: np.ndarray) -> np.ndarray:
     return out
 
 
+def sphericity(volume: np.ndarray | float, area: np.ndarray | float) -> np.ndarray:
+    """Eq. (20): ``pi^(1/3) (6 V)^(2/3) / A`` (1 for a ball); NaN where ``V <= 0`` or ``A <= 0``.
+
+    Parameters
+    ----------
+    volume, area : arrays of one shape (unit^3, unit^2)
+    """
+    v = np.asarray(volume, dtype=np.float64)
+    a = np.asarray(area, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((v > 0) & (a > 0), np.cbrt(np.pi) * np.cbrt(6.0 * v) ** 2 / a, np.nan)
+
+
 def _finish(raw: np.ndarray, hull: np.ndarray | None) -> dict[str, np.ndarray]:
     dmax, dmin, vol, area = raw[:, 0].copy(), raw[:, 1].copy(), raw[:, 2].copy(), raw[:, 3].copy()
     with np.errstate(divide="ignore", invalid="ignore"):
         aspect = dmax / dmin
-        spher = np.where(area > 0, np.cbrt(np.pi) * np.cbrt(6.0 * vol) ** 2 / area, np.nan)
+        spher = sphericity(vol, area)
         if hull is None:
             comp = np.full(len(vol), np.nan)
         else:
@@ -493,7 +507,7 @@ def describe_mask(
             comp = math.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         aspect = float(np.float64(dmax) / np.float64(dmin))
-    spher = float(np.cbrt(np.pi) * np.cbrt(6.0 * vol) ** 2 / area) if area > 0 else math.nan
+    spher = float(sphericity(vol, area))
     return {
         "d_max": dmax,
         "d_min": dmin,

@@ -31,6 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import SphericalVoronoi
 
+from .descriptors import sphericity as sphericity_index
 from .errors import StereograinError
 from .io import check_volume
 
@@ -287,14 +288,6 @@ def _measure(padded: np.ndarray, n: int) -> _Measures:
     return _Measures(volume, area, code // base, code % base, pair_area, pair_faces)
 
 
-def _sphericity(volume: np.ndarray, area: np.ndarray) -> np.ndarray:
-    """Eq. (20): ``pi^(1/3) (6 V)^(2/3) / A``; NaN where the component is absent."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        psi = np.cbrt(np.pi) * np.cbrt(6.0 * volume) ** 2 / area
-    psi[~(volume > 0)] = np.nan
-    return psi
-
-
 def _as_label_volume(labels: np.ndarray) -> tuple[np.ndarray, int]:
     labels = np.asarray(labels)
     if labels.ndim != 3 or labels.size == 0:
@@ -346,7 +339,7 @@ def sphericity(labels: np.ndarray) -> np.ndarray:
     """
     padded, n = _as_label_volume(labels)
     m = _measure(padded, n)
-    return _sphericity(m.volume, m.area)
+    return sphericity_index(m.volume, m.area)
 
 
 # --------------------------------------------------------------------------- merging
@@ -379,7 +372,7 @@ def _merge_small(
 
     def failing(vol: np.ndarray, ar: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore"):
-            return exists & ((vol < min_volume) | ~(_sphericity(vol, ar) >= min_sphericity))
+            return exists & ((vol < min_volume) | ~(sphericity_index(vol, ar) >= min_sphericity))
 
     bad = failing(volume, area)
     protected = exists & ~bad  # groups holding a component that passed
