@@ -32,6 +32,13 @@ shell_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(shell_app, name="shell")
+sections_app = typer.Typer(
+    help="EBSD sections: grain maps, central-section test, 2D tessellations fitted to each map.",
+    no_args_is_help=True,
+)
+app.add_typer(sections_app, name="sections")
+
+SECTION_SUFFIXES = (".ang", ".ctf", ".tif", ".tiff", ".png")
 
 
 def _friendly(func: F) -> F:
@@ -205,6 +212,139 @@ def generate(
     m = _load_shell_model(shell_model)
     generate_library(output, n, seed, m, shell_model_name=shell_model, preview=preview)
     typer.echo(f"{n} particle shells -> {output}/shells.csv (grain architectures come with the grain model)")
+
+
+def _section_files(paths: list[Path]) -> list[Path]:
+    """Expand folders into their EBSD maps / label images (sorted); keep files as given."""
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in SECTION_SUFFIXES)
+            if not found:
+                raise StereograinError(f"folder {p} holds no .ang, .ctf, .tif or .png maps")
+            files += found
+        elif p.exists():
+            files.append(p)
+        else:
+            raise StereograinError(f"{p} does not exist; check the path")
+    return files
+
+
+def _read_maps(files: list[Path], step_nm: float | None, ci_threshold: float, misorientation: float, min_grain_px: int):
+    from tqdm.auto import tqdm
+
+    from .sections import read_section
+
+    return [
+        read_section(f, step_nm, ci_threshold=ci_threshold, misorientation_deg=misorientation, min_grain_px=min_grain_px)
+        for f in tqdm(files, desc="reading maps", unit="map", disable=len(files) < 2)
+    ]
+
+
+_MAPS_HELP = "EBSD maps (.ang TSL/EDAX, .ctf Oxford) or label images (.tif/.png, 0 = unindexed), or folders of them."
+_STEP_HELP = "Pixel size, e.g. 50nm: required for label images, overrides the header of .ang/.ctf. Maps are resampled to 50 nm pixels."
+
+
+@sections_app.command("inspect")
+@_friendly
+def sections_inspect(
+    maps: Annotated[list[Path], typer.Argument(help=_MAPS_HELP)],
+    plot: Annotated[Path | None, typer.Option(help="Folder for PNGs: alpha KDE of all maps (Fig. 2d) and each grain map.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write per map: file, grains, unindexed_fraction, central, p_value (and the test's details).")] = None,
+    step: Annotated[str | None, typer.Option(help=_STEP_HELP)] = None,
+    ci_threshold: Annotated[float, typer.Option(help=".ang only: pixels with confidence index below this are unindexed.")] = 0.1,
+    misorientation: Annotated[float, typer.Option(help="Grain boundary misorientation in degrees (crystal symmetry from the file).")] = 5.0,
+    min_grain_px: Annotated[int, typer.Option(help="Grains with fewer pixels become unindexed.")] = 5,
+    threshold: Annotated[float, typer.Option(help="Significance level of the central-section test.")] = 0.01,
+) -> None:
+    """Grains, orientation statistics and the central-or-not verdict of each EBSD section."""
+    from .io import write_json
+    from .sections import central_section_test, section_descriptors
+
+    files = _section_files(maps)
+    step_nm = None if step is None else _length_nm(step)
+    grain_maps = _read_maps(files, step_nm, ci_threshold, misorientation, min_grain_px)
+    verdicts = [central_section_test(g, threshold=threshold) for g in grain_maps]
+    rows = []
+    for f, g, v in zip(files, grain_maps, verdicts):
+        typer.echo(f"{f.name}: {g.n_grains} grains, {g.unindexed_fraction * 100:.1f} % unindexed; {v.summary()}")
+        rows.append({
+            "file": str(f), "grains": int(g.n_grains), "unindexed_fraction": float(g.unindexed_fraction),
+            "central": bool(v.central), "p_value": float(v.p_value), "step_nm": float(g.step_nm),
+            "statistic": _finite_or_none(v.statistic), "q_inner": _finite_or_none(v.q_inner),
+            "q_outer": _finite_or_none(v.q_outer), "reason": v.reason,
+        })
+    n_central = sum(v.central for v in verdicts)
+    typer.echo(f"{n_central} of {len(files)} sections pass the central-section test (p < {threshold:g})")
+    if json_out is not None:
+        write_json(json_out, {"maps": rows, "threshold": threshold})
+        typer.echo(f"verdicts -> {json_out}")
+    if plot is not None:
+        from .plots_sections import plot_alpha_kde, plot_grain_map
+
+        plot.mkdir(parents=True, exist_ok=True)
+        desc = [section_descriptors(g) for g in grain_maps]
+        plot_alpha_kde(desc, verdicts, plot / "alpha_kde.png", names=[f.name for f in files])
+        for f, g, v in zip(files, grain_maps, verdicts):
+            plot_grain_map(g, v, plot / f"{f.stem}.png")
+        typer.echo(f"plots -> {plot}/")
+
+
+@sections_app.command("fit")
+@_friendly
+def sections_fit(
+    maps: Annotated[list[Path], typer.Argument(help=_MAPS_HELP)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Fitted 2D tessellations (.json, top-level key 'sections').")],
+    plot: Annotated[Path | None, typer.Option(help="Folder for one PNG per map: measured vs fitted grains.")] = None,
+    all_maps: Annotated[bool, typer.Option("--all", help="Fit every map, not only those passing the central-section test.")] = False,
+    step: Annotated[str | None, typer.Option(help=_STEP_HELP)] = None,
+    ci_threshold: Annotated[float, typer.Option(help=".ang only: pixels with confidence index below this are unindexed.")] = 0.1,
+    misorientation: Annotated[float, typer.Option(help="Grain boundary misorientation in degrees.")] = 5.0,
+    min_grain_px: Annotated[int, typer.Option(help="Grains with fewer pixels become unindexed.")] = 5,
+    threshold: Annotated[float, typer.Option(help="Significance level of the central-section test.")] = 0.01,
+    iterations: Annotated[int, typer.Option(help="Gradient-descent steps per map.")] = 400,
+    seed: Annotated[int, typer.Option(help="Random seed of the fit.")] = 0,
+) -> None:
+    """Fit a restricted 2D GBPD (seeds, D, r in 50 nm pixels about the particle centre) to each central map."""
+    from tqdm.auto import tqdm
+
+    from .fit2d import fit_section, plot_fit, write_sections
+    from .sections import central_section_test
+
+    files = _section_files(maps)
+    step_nm = None if step is None else _length_nm(step)
+    grain_maps = _read_maps(files, step_nm, ci_threshold, misorientation, min_grain_px)
+    chosen = []
+    for f, g in zip(files, grain_maps):
+        v = central_section_test(g, threshold=threshold)
+        if all_maps or v.central:
+            chosen.append((f, g))
+        else:
+            typer.echo(f"{f.name}: skipped, not a central section ({v.reason}); --all fits it anyway")
+    if not chosen:
+        raise StereograinError("no map passes the central-section test; check the maps or use --all")
+    fitted = []
+    for f, g in tqdm(chosen, desc="fitting", unit="map", disable=len(chosen) < 2):
+        fs = fit_section(g.labels, g.centre, step_nm=g.step_nm, iterations=iterations, seed=seed, file=str(f))
+        fitted.append(fs)
+        typer.echo(f"{f.name}: {fs.n} cells, pixel agreement {fs.pixel_agreement * 100:.1f} %")
+        if plot is not None:
+            plot.mkdir(parents=True, exist_ok=True)
+            plot_fit(g.labels, fs, plot / f"{f.stem}.png")
+    write_sections(output, fitted)
+    typer.echo(f"{len(fitted)} fitted sections -> {output}")
+
+
+def _length_nm(text: str) -> float:
+    from .units import parse_length
+
+    return parse_length(text)
+
+
+def _finite_or_none(x: float) -> float | None:
+    import math
+
+    return float(x) if math.isfinite(x) else None
 
 
 class _steps:
