@@ -235,10 +235,13 @@ def _read_maps(files: list[Path], step_nm: float | None, ci_threshold: float, mi
 
     from .sections import read_section
 
-    return [
-        read_section(f, step_nm, ci_threshold=ci_threshold, misorientation_deg=misorientation, min_grain_px=min_grain_px)
-        for f in tqdm(files, desc="reading maps", unit="map", disable=len(files) < 2)
-    ]
+    out = []
+    # the context manager ends the bar's line before an error message is printed
+    with tqdm(files, desc="reading maps", unit="map", disable=len(files) < 2) as bar:
+        for f in bar:
+            out.append(read_section(f, step_nm, ci_threshold=ci_threshold, misorientation_deg=misorientation,
+                                    min_grain_px=min_grain_px))
+    return out
 
 
 _MAPS_HELP = "EBSD maps (.ang TSL/EDAX, .ctf Oxford) or label images (.tif/.png, 0 = unindexed), or folders of them."
@@ -324,13 +327,15 @@ def sections_fit(
     if not chosen:
         raise StereograinError("no map passes the central-section test; check the maps or use --all")
     fitted = []
-    for f, g in tqdm(chosen, desc="fitting", unit="map", disable=len(chosen) < 2):
-        fs = fit_section(g.labels, g.centre, step_nm=g.step_nm, iterations=iterations, seed=seed, file=str(f))
-        fitted.append(fs)
-        typer.echo(f"{f.name}: {fs.n} cells, pixel agreement {fs.pixel_agreement * 100:.1f} %")
-        if plot is not None:
-            plot.mkdir(parents=True, exist_ok=True)
-            plot_fit(g.labels, fs, plot / f"{f.stem}.png")
+    with tqdm(chosen, desc="fitting", unit="map", disable=len(chosen) < 2) as bar:
+        for f, g in bar:
+            fs = fit_section(g.labels, g.centre, step_nm=g.step_nm, iterations=iterations, seed=seed, file=str(f),
+                             progress=len(chosen) < 2)
+            fitted.append(fs)
+            bar.write(f"{f.name}: {fs.n} cells, pixel agreement {fs.pixel_agreement * 100:.1f} %")
+            if plot is not None:
+                plot.mkdir(parents=True, exist_ok=True)
+                plot_fit(g.labels, fs, plot / f"{f.stem}.png")
     write_sections(output, fitted)
     typer.echo(f"{len(fitted)} fitted sections -> {output}")
 

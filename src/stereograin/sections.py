@@ -553,7 +553,7 @@ def read_section(
         labels, (sx, sy) = _read_ebsd(path, step_nm, ci_threshold, misorientation_deg, min_grain_px)
     else:
         if step_nm is None:
-            raise StereograinError(f"label image {path} carries no pixel size; pass step_nm=... (e.g. 50 for 50 nm)")
+            raise StereograinError(f"label image {path} carries no pixel size; give it (--step 50nm on the command line, step_nm=50 in Python)")
         labels = _read_label_image(path, min_grain_px)
         sx = sy = float(step_nm)
     source_step: float | None = None
