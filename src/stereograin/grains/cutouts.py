@@ -1,0 +1,401 @@
+"""Cutouts ``T_2D`` and ``T_3D`` (Eq. 14-16): 32 x 32 soft-map images for the discriminator.
+
+Layout. A cutout image is ``(32, 32, C)``: entry ``[x - 1, y - 1, c]`` is the
+soft membership (Eq. 11) of grid point ``(x, y)``, ``x, y = 1..32``, in
+channel ``c`` (the paper's ``I_{x,y,i}``). Batches are ``(B, 32, 32, C)``;
+the discriminator takes ``(B, C, 32, 32)`` (:func:`to_nchw`).
+
+Candidates. Each pixel's soft map is evaluated over its ``k`` cells of
+lowest exact cost ``|x - s_i|_{M_i} - r_i`` only (memory ``O(P k)`` in the
+autograd graph); the other cells get 0. The winner is always among them, so
+the argmax is the exact labelling, and the dropped softmax terms are the
+smallest ones. Euclidean nearest seeds are not enough: radially elongated
+cells (``D_0`` small) win pixels 20+ px and 100+ seeds away. The selection
+runs without gradient in float64: a pool is cut by the bound
+``sqrt(lambda_min(M_j)) dist(s_j, cutout) - r_j <= U`` (``U`` = largest
+k-th best cost among each pixel's ``2k`` Euclidean nearest seeds, an upper
+bound on the true k-th best cost), then the exact costs of the pool are
+ranked per pixel (``O(P |pool|)`` time, chunked).
+
+Units: px (EBSD pixels of 50 nm); the cutout offset ``p`` is in ``(0, 80]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from ..errors import StereograinError
+from ..fit2d import FittedSection
+from ..tessellation import restricted_metrics, soft_map
+from .seeds import CUTOUT, P_MAX
+
+__all__ = [
+    "cutout_grid",
+    "cutout_points_3d",
+    "t3d",
+    "t2d",
+    "t3d_batch",
+    "t2d_batch",
+    "truncate_channels",
+    "visible_grains",
+    "to_nchw",
+    "CutoutBatch",
+    "CUTOUT_AREA",
+]
+
+#: Cutout area in px^2 (visible grains per unit area, Eq. 13).
+CUTOUT_AREA = float(CUTOUT * CUTOUT)
+
+
+class CutoutBatch(NamedTuple):
+    """A batch of truncated cutouts.
+
+    images : (B, 32, 32, keep) tensor
+        Channels sorted by their sums, descending; zero-padded.
+    visible : (B,) tensor
+        Visible grains per px^2 of each untruncated cutout (Eq. 13).
+    """
+
+    images: torch.Tensor
+    visible: torch.Tensor
+
+
+def cutout_grid(p: float, beta: float = 0.0) -> np.ndarray:
+    """Grid points of a 2D cutout (Eq. 14): ``R_beta (x + p, y - 16.5)``, ``x, y = 1..32``.
+
+    Parameters
+    ----------
+    p : float
+        Radial offset in px.
+    beta : float
+        Rotation angle in radians.
+
+    Returns
+    -------
+    (1024, 2) float64
+        Row ``(x - 1) * 32 + (y - 1)`` is the point of ``(x, y)`` (px, relative
+        to the particle centre).
+    """
+    a = np.arange(1, CUTOUT + 1, dtype=np.float64)
+    x, y = np.meshgrid(a + float(p), a - (CUTOUT + 1) / 2.0, indexing="ij")
+    c, s = math.cos(beta), math.sin(beta)
+    return np.stack([c * x - s * y, s * x + c * y], axis=-1).reshape(-1, 2)
+
+
+def cutout_points_3d(p: float) -> np.ndarray:
+    """Points of a 3D cutout (Eq. 16): ``(x + p, y - 16.5, 0)``, ``(1024, 3)`` float64 px."""
+    g = cutout_grid(p)
+    return np.concatenate([g, np.zeros((len(g), 1))], axis=1)
+
+
+def _candidates(points: np.ndarray, seeds: np.ndarray, M: np.ndarray, r: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
+    """``(P, k)`` indices of each point's ``k`` cells of lowest exact cost (``k <= n``; see the module notes).
+
+    ``points`` (P, d), ``seeds`` (n, d), ``M`` (n, d, d), ``r`` (n,), float64.
+    """
+    n, d = seeds.shape
+    c = points.mean(axis=0)
+    x, s = points - c, seeds - c  # centred: the expanded quadratic form loses less to cancellation
+    k0 = min(2 * k, n)
+    _, near = cKDTree(s).query(x, k=k0)
+    near = near.reshape(len(x), k0)
+    diff = x[:, None, :] - s[near]
+    cost0 = np.sqrt(np.maximum(np.einsum("pki,pkij,pkj->pk", diff, M[near], diff), 0.0)) - r[near]
+    U = float(np.partition(cost0, k - 1, axis=1)[:, k - 1].max())
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    dist = np.linalg.norm(s - np.clip(s, lo, hi), axis=1)
+    lam = np.linalg.eigvalsh(M)[:, 0]
+    pool = np.flatnonzero(np.sqrt(np.maximum(lam, 0.0)) * dist - r <= U + 1e-9 * (abs(U) + 1.0))
+    sp, Mp, rp = s[pool], M[pool], r[pool]
+    Mf = Mp.reshape(len(pool), d * d)
+    Ms = np.einsum("nij,nj->ni", Mp, sp)
+    sMs = (sp * Ms).sum(axis=1)
+    out = np.empty((len(x), k), np.int64)
+    for a in range(0, len(x), chunk):
+        xa = x[a : a + chunk]
+        xx = (xa[:, :, None] * xa[:, None, :]).reshape(len(xa), d * d)
+        cost = np.sqrt(np.maximum(xx @ Mf.T - 2.0 * (xa @ Ms.T) + sMs, 0.0)) - rp
+        out[a : a + chunk] = pool[np.argpartition(cost, k - 1, axis=1)[:, :k]]
+    return out
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float64)
+
+
+def _soft_image(
+    points: np.ndarray,
+    seeds: torch.Tensor,
+    M: torch.Tensor,
+    r: torch.Tensor,
+    temperature: float,
+    k: int,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Soft map on ``points`` over the union of candidate cells: ``(P, U)`` and the ``U`` cell ids."""
+    n = seeds.shape[0]
+    if n < 1:
+        raise StereograinError("a cutout needs at least one seed")
+    k = min(int(k), n)
+    idx = _candidates(points, _np(seeds), _np(M), _np(r), k)
+    ids, inv = np.unique(idx, return_inverse=True)
+    x = torch.as_tensor(points, dtype=M.dtype, device=M.device)
+    cand = torch.as_tensor(idx, device=M.device)
+    soft = soft_map(x, seeds, M, r, temperature, candidates=cand)  # (P, k)
+    inv_t = torch.as_tensor(inv.reshape(idx.shape), device=M.device)
+    img = torch.zeros(len(points), len(ids), dtype=soft.dtype, device=soft.device).scatter(1, inv_t, soft)
+    return img, ids
+
+
+def _as_seeds(seeds: np.ndarray | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(seeds, np.ndarray):
+        seeds = np.array(seeds)  # a writable copy (fitted sections hold read-only arrays)
+    return torch.as_tensor(seeds, dtype=like.dtype, device=like.device)
+
+
+def t3d(
+    seeds: np.ndarray | torch.Tensor,
+    M: torch.Tensor,
+    r: torch.Tensor,
+    p: float,
+    temperature: float = 1.0,
+    candidates: int = 64,
+    return_ids: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
+    """Untruncated 3D cutout in the plane ``z = 0`` (Eq. 16), differentiable in ``M`` and ``r``.
+
+    Parameters
+    ----------
+    seeds : (n, 3) array or tensor
+        Seed positions in px (relative to the particle centre).
+    M : (n, 3, 3) tensor
+        Metrics ``Q^T diag(D) Q``.
+    r : (n,) tensor
+        Offsets in px.
+    p : float
+        Cutout offset in px.
+    temperature : float
+        Softmax temperature (px).
+    candidates : int
+        Cells per pixel evaluated (``k`` lowest exact costs; module notes).
+    return_ids : bool
+        Also return the seed index of each channel.
+
+    Returns
+    -------
+    (32, 32, U) tensor
+        Channels: the seeds that are a candidate of some pixel, by increasing
+        index; optionally with their indices ``(U,)`` int64.
+    """
+    s = _as_seeds(seeds, M)
+    img, ids = _soft_image(cutout_points_3d(p), s, M, r, temperature, candidates)
+    img = img.reshape(CUTOUT, CUTOUT, -1)
+    return (img, ids) if return_ids else img
+
+
+def _section_markers(
+    section: FittedSection, rng: np.random.Generator, augment: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    sec = section.augment(rng, 0.8, 1.2) if augment else section
+    return sec.seeds, restricted_metrics(sec.seeds, sec.D), np.array(sec.r)
+
+
+def t2d(
+    section: FittedSection,
+    p: float,
+    beta: float,
+    rng: np.random.Generator | int | None = None,
+    augment: bool = True,
+    temperature: float = 1.0,
+    candidates: int = 64,
+    return_ids: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor | tuple[torch.Tensor, np.ndarray]:
+    """Untruncated 2D cutout of a fitted section (Eq. 14-15), optionally augmented.
+
+    Parameters
+    ----------
+    section : FittedSection
+        Restricted 2D GBPD, seeds in px relative to its origin (particle centre).
+    p : float
+        Radial offset in px.
+    beta : float
+        Rotation angle in radians.
+    rng : numpy Generator, int seed or None
+        For the augmentation (``r_i`` and each ``D_i`` entry times ``U(0.8, 1.2)``).
+    augment : bool
+    temperature : float
+    candidates : int
+    return_ids : bool
+        Also return the cell index of each channel.
+
+    Returns
+    -------
+    (32, 32, U) tensor (no gradient)
+    """
+    g = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    s, M, r = _section_markers(section, g, augment)
+    Mt = torch.as_tensor(M, dtype=dtype, device=device)
+    img, ids = _soft_image(
+        cutout_grid(p, beta), _as_seeds(s, Mt), Mt, torch.as_tensor(r, dtype=dtype, device=device),
+        temperature, candidates,
+    )
+    img = img.reshape(CUTOUT, CUTOUT, -1)
+    return (img, ids) if return_ids else img
+
+
+def truncate_channels(img: torch.Tensor, k: int = 12) -> torch.Tensor:
+    """Keep the ``k`` channels with the largest sums, in descending order; zero-pad to ``k``.
+
+    Parameters
+    ----------
+    img : (..., 32, 32, C) tensor
+
+    Returns
+    -------
+    (..., 32, 32, k) tensor
+    """
+    C = img.shape[-1]
+    if C < k:
+        img = torch.cat([img, img.new_zeros(*img.shape[:-1], k - C)], dim=-1)
+    sums = img.detach().sum(dim=(-3, -2))  # (..., C)
+    order = torch.sort(sums, dim=-1, descending=True, stable=True).indices[..., :k]
+    idx = order[..., None, None, :].expand(*img.shape[:-1], k)
+    return torch.gather(img, -1, idx)
+
+
+def visible_grains(img: torch.Tensor) -> torch.Tensor:
+    """Visible grains per px^2: channels that win (argmax) at least one pixel, over the cutout area.
+
+    Pass the untruncated image (a truncated one loses the pixels of dropped grains).
+
+    Parameters
+    ----------
+    img : (..., 32, 32, C) tensor
+
+    Returns
+    -------
+    (...) tensor
+    """
+    win = img.detach().flatten(-3, -2).argmax(dim=-1)  # (..., P)
+    hit = torch.zeros(*win.shape[:-1], img.shape[-1], device=img.device).scatter_(-1, win, 1.0)
+    return hit.sum(-1) / (img.shape[-3] * img.shape[-2])
+
+
+def to_nchw(img: torch.Tensor) -> torch.Tensor:
+    """``(B, 32, 32, C)`` -> ``(B, C, 32, 32)`` (the discriminator's layout)."""
+    return img.permute(0, 3, 1, 2)
+
+
+def _batch_images(
+    points: np.ndarray,
+    seeds: Sequence[torch.Tensor],
+    M: Sequence[torch.Tensor],
+    r: Sequence[torch.Tensor],
+    temperature: float,
+    k: int,
+    keep: int,
+) -> CutoutBatch:
+    """Truncated soft cutouts of ``B`` independent tessellations in one soft-map call.
+
+    ``points`` (B, P, d); the b-th tessellation is ``(seeds[b], M[b], r[b])``.
+    """
+    B, P, _ = points.shape
+    counts = np.array([len(s) for s in seeds])
+    if counts.min() < 1:
+        raise StereograinError("every cutout needs at least one seed")
+    k = int(min(k, counts.min()))
+    off = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    cand = np.stack([_candidates(points[b], _np(seeds[b]), _np(M[b]), _np(r[b]), k) for b in range(B)])
+    S, Mc, rc = torch.cat(list(seeds)), torch.cat(list(M)), torch.cat(list(r))
+    dev = Mc.device
+    local = torch.as_tensor(cand, device=dev)  # (B, P, k) seed index within its tessellation
+    glob = local + torch.as_tensor(off, device=dev)[:, None, None]
+    x = torch.as_tensor(points.reshape(B * P, -1), dtype=Mc.dtype, device=dev)
+    soft = soft_map(x, S, Mc, rc, temperature, candidates=glob.reshape(B * P, k)).reshape(B, P, k)
+    # channel sums per (cutout, seed); padded to the largest tessellation
+    n_max = int(counts.max())
+    sums = torch.zeros(B, n_max, dtype=soft.dtype, device=dev).scatter_add(
+        1, local.reshape(B, P * k), soft.detach().reshape(B, P * k)
+    )
+    top_v, top_i = torch.topk(sums, min(keep, n_max), dim=1)  # (B, keep)
+    rank = torch.full((B, n_max), keep, dtype=torch.long, device=dev)
+    ranks = torch.arange(top_i.shape[1], device=dev).expand_as(top_i)
+    rank.scatter_(1, top_i, torch.where(top_v > 0, ranks, torch.full_like(ranks, keep)))
+    slot = torch.gather(rank, 1, local.reshape(B, P * k)).reshape(B, P, k)
+    img = torch.zeros(B, P, keep + 1, dtype=soft.dtype, device=dev).scatter_add(2, slot, soft)[..., :keep]
+    winners = torch.gather(glob, 2, soft.detach().argmax(dim=2, keepdim=True))[..., 0]  # (B, P)
+    w = torch.sort(winners, dim=1).values
+    n_vis = 1 + (w[:, 1:] != w[:, :-1]).sum(dim=1)
+    return CutoutBatch(img.reshape(B, CUTOUT, CUTOUT, keep), n_vis.to(soft.dtype) / CUTOUT_AREA)
+
+
+def t3d_batch(
+    tessellations: Sequence[tuple[np.ndarray | torch.Tensor, torch.Tensor, torch.Tensor]],
+    p: Sequence[float] | np.ndarray,
+    temperature: float = 1.0,
+    candidates: int = 64,
+    keep: int = 12,
+) -> CutoutBatch:
+    """``T_3D`` for a batch: one cutout per tessellation, truncated to ``keep`` channels.
+
+    Parameters
+    ----------
+    tessellations : sequence of ``(seeds (n_b, 3), M (n_b, 3, 3) tensor, r (n_b,) tensor)``
+        Independent realisations (e.g. one training slab each), px.
+    p : (B,) offsets in px
+    temperature, candidates, keep
+        See :func:`t3d` and :func:`truncate_channels`.
+
+    Returns
+    -------
+    CutoutBatch
+        ``images`` (B, 32, 32, keep), differentiable in every ``M`` and ``r``.
+    """
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    if len(p) != len(tessellations):
+        raise StereograinError(f"need one offset per tessellation, got {len(p)} for {len(tessellations)}")
+    pts = np.stack([cutout_points_3d(pb) for pb in p])
+    Ms = [t[1] for t in tessellations]
+    seeds = [_as_seeds(t[0], m) for t, m in zip(tessellations, Ms)]
+    return _batch_images(pts, seeds, Ms, [t[2] for t in tessellations], temperature, candidates, keep)
+
+
+def t2d_batch(
+    sections: Sequence[FittedSection],
+    batch: int,
+    rng: np.random.Generator | int | None = None,
+    augment: bool = True,
+    temperature: float = 1.0,
+    candidates: int = 64,
+    keep: int = 12,
+    p_max: float = P_MAX,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> CutoutBatch:
+    """``T_2D`` for a batch: random section, ``p ~ U(0, p_max]``, ``beta ~ U[0, 2 pi)``, augmented markers.
+
+    Returns
+    -------
+    CutoutBatch
+        ``images`` (batch, 32, 32, keep), no gradient.
+    """
+    if len(sections) == 0:
+        raise StereograinError("t2d_batch needs at least one fitted section")
+    g = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    pick = g.integers(0, len(sections), batch)
+    p = p_max * (1.0 - g.random(batch))  # (0, p_max]
+    beta = g.uniform(0.0, 2.0 * math.pi, batch)
+    pts = np.stack([cutout_grid(pb, bb) for pb, bb in zip(p, beta)])
+    mk = [_section_markers(sections[i], g, augment) for i in pick]
+    Ms = [torch.as_tensor(m[1], dtype=dtype, device=device) for m in mk]
+    seeds = [_as_seeds(m[0], Mt) for m, Mt in zip(mk, Ms)]
+    rs = [torch.as_tensor(m[2], dtype=dtype, device=device) for m in mk]
+    with torch.no_grad():
+        return _batch_images(pts, seeds, Ms, rs, temperature, candidates, keep)

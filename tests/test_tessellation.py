@@ -1,0 +1,348 @@
+"""Tessellations: radial frames, exact labelling against brute force, soft map, cell geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import stereograin.tessellation as tess
+from stereograin.errors import StereograinError
+from stereograin.tessellation import (
+    GBPD,
+    cell_geometry,
+    grid_points,
+    nearest_candidates,
+    plane_points,
+    radial_frames,
+    restricted_metrics,
+    soft_map,
+)
+
+
+def random_gbpd(rng, n, d, box, D_range=(1.0, 50.0), r_range=(1.0, 10.0)):
+    """A restricted GBPD with seeds uniform in ``[0, box]^d`` and frames about the box centre."""
+    seeds = rng.uniform(0, box, (n, d))
+    D = rng.uniform(*D_range, (n, d))
+    r = rng.uniform(*r_range, n)
+    gamma = rng.uniform(0, np.pi, n)
+    return GBPD(seeds, restricted_metrics(seeds - box / 2, D, gamma), r)
+
+
+def random_frame(rng):
+    u = rng.normal(size=3)
+    u /= np.linalg.norm(u)
+    v = np.cross(u, rng.normal(size=3))
+    return u, v / np.linalg.norm(v)
+
+
+# --------------------------------------------------------------------------- frames
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_radial_frames_rotate_seed_direction_to_e1(d):
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(200, d)) * 30
+    Q = radial_frames(s, rng.uniform(0, np.pi, 200))
+    np.testing.assert_allclose(Q[:, 0], s / np.linalg.norm(s, axis=1, keepdims=True), atol=1e-12)
+    np.testing.assert_allclose(Q @ np.swapaxes(Q, 1, 2), np.broadcast_to(np.eye(d), Q.shape), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(Q), 1.0, atol=1e-12)
+
+
+def test_radial_frames_degenerate_seeds():
+    s = np.array([[0.0, 0.0, 0.0], [-5.0, 0.0, 0.0], [-1e-12, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    Q = radial_frames(s, np.array([0.3, 0.7, 0.0, 1.0]))
+    assert np.all(np.isfinite(Q))
+    np.testing.assert_allclose(Q @ np.swapaxes(Q, 1, 2), np.broadcast_to(np.eye(3), Q.shape), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(Q), 1.0, atol=1e-12)
+    np.testing.assert_allclose(Q[1, 0], [-1.0, 0.0, 0.0], atol=1e-12)  # s = -|s| e1
+    np.testing.assert_allclose(Q[3, 0], [1.0, 0.0, 0.0], atol=1e-12)
+    np.testing.assert_allclose(radial_frames(np.zeros((1, 2))), np.eye(2)[None])
+
+
+def test_restricted_metrics_symmetric_positive_definite():
+    rng = np.random.default_rng(1)
+    s = rng.normal(size=(100, 3)) * 20
+    D = rng.uniform(0.1, 50, (100, 3))
+    M = restricted_metrics(s, D, rng.uniform(0, np.pi, 100))
+    np.testing.assert_allclose(M, np.swapaxes(M, 1, 2), atol=1e-12)
+    ev = np.linalg.eigvalsh(M)
+    np.testing.assert_allclose(np.sort(ev, axis=1), np.sort(D, axis=1), rtol=1e-10)
+    # the radial direction gets D[:, 0]
+    u = s / np.linalg.norm(s, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.einsum("ni,nij,nj->n", u, M, u), D[:, 0], rtol=1e-10)
+
+
+# --------------------------------------------------------------------------- exact labels
+
+
+@pytest.mark.parametrize("D_range", [(1.0, 50.0), (0.1, 50.0)], ids=["paper", "anisotropic"])
+def test_label_grid_3d_equals_bruteforce(D_range):
+    rng = np.random.default_rng(2)
+    shape = (16, 32, 64)  # (Z, Y, X)
+    g = random_gbpd(rng, 250, 3, 64.0, D_range)
+    origin, spacing = np.array([-1.5, 2.0, 0.25]), 1.1
+    lab = g.label_grid(shape, origin, spacing)
+    assert lab.dtype == np.int32 and lab.shape == shape
+    ref = g.label_points_bruteforce(grid_points(shape, origin, spacing)).reshape(shape)
+    np.testing.assert_array_equal(lab, ref)
+
+
+@pytest.mark.parametrize("D_range", [(1.0, 50.0), (0.1, 50.0)], ids=["paper", "anisotropic"])
+def test_label_grid_2d_and_points_equal_bruteforce(D_range):
+    rng = np.random.default_rng(3)
+    g = random_gbpd(rng, 300, 2, 200.0, D_range)
+    shape = (100, 180)
+    lab = g.label_grid(shape, origin=(-3.0, 4.5), spacing=0.97)
+    ref = g.label_points_bruteforce(grid_points(shape, (-3.0, 4.5), 0.97)).reshape(shape)
+    np.testing.assert_array_equal(lab, ref)
+    pts = rng.uniform(-20, 220, (6000, 2))
+    out = g.label_points(pts)
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(out, g.label_points_bruteforce(pts))
+
+
+def test_label_plane_and_points_3d_equal_bruteforce():
+    rng = np.random.default_rng(4)
+    g = random_gbpd(rng, 250, 3, 60.0, (0.1, 50.0))
+    for _ in range(2):
+        u, v = random_frame(rng)
+        origin = np.full(3, 30.0) - 40 * u - 35 * v + rng.normal(size=3)
+        lab = g.label_plane(origin, u, v, (75, 90), spacing=0.9)
+        assert lab.shape == (75, 90) and lab.dtype == np.int32
+        ref = g.label_points_bruteforce(plane_points(origin, u, v, (75, 90), 0.9)).reshape(75, 90)
+        np.testing.assert_array_equal(lab, ref)
+    for pts in (rng.uniform(-10, 70, (8000, 3)), rng.normal(30, 3, (2000, 3)), np.full((5, 3), 7.0)):
+        np.testing.assert_array_equal(g.label_points(pts), g.label_points_bruteforce(pts))
+
+
+def test_ties_go_to_the_lowest_index():
+    # duplicated cells: identical values everywhere, the first copy must win
+    rng = np.random.default_rng(5)
+    g = random_gbpd(rng, 60, 3, 24.0)
+    perm = rng.permutation(120) % 60  # every cell twice, in shuffled positions
+    dup = GBPD(g.seeds[perm], g.metrics[perm], g.offsets[perm])
+    first = np.array([np.flatnonzero(perm == c)[0] for c in range(60)])
+    lab = dup.label_grid((24, 24, 24))
+    ref = dup.label_points_bruteforce(grid_points((24, 24, 24))).reshape(lab.shape)
+    np.testing.assert_array_equal(lab, ref)
+    assert set(np.unique(lab - 1)) <= set(first)
+    # exact Voronoi ties on grid points: integer seeds, identity metrics
+    seeds = np.array([[2.0, 5.0], [8.0, 5.0], [5.0, 2.0], [5.0, 8.0], [5.0, 5.0]])
+    vor = GBPD(seeds, np.tile(np.eye(2), (5, 1, 1)), np.zeros(5))
+    lab2 = vor.label_grid((11, 11))
+    np.testing.assert_array_equal(lab2.ravel(), vor.label_points_bruteforce(grid_points((11, 11))))
+    assert lab2[2, 2] == 1 and lab2[8, 8] == 2  # (2, 2): cells 0 and 2 tie; (8, 8): cells 1 and 3 tie
+    np.testing.assert_array_equal(vor.label_points(grid_points((11, 11))), lab2.ravel())
+
+
+def test_single_cell_and_tiny_grids():
+    g = GBPD(np.array([[1.0, 2.0, 3.0]]), np.eye(3)[None] * 4.0, np.array([1.0]))
+    assert np.all(g.label_grid((1, 1, 1)) == 1)
+    assert np.all(g.label_grid((3, 1, 7)) == 1)
+    g2 = random_gbpd(np.random.default_rng(6), 5, 2, 3.0)
+    np.testing.assert_array_equal(g2.label_grid((1, 9)).ravel(), g2.label_points_bruteforce(grid_points((1, 9))))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda g: g.label_grid((10, 10)),  # 2D shape for a 3D diagram
+        lambda g: g.label_grid((10, 0, 10)),
+        lambda g: g.label_grid((100000, 100000, 100000)),
+        lambda g: g.label_grid((4, 4, 4), spacing=0.0),
+        lambda g: g.label_grid((4, 4, 4), origin=(0.0, np.nan, 0.0)),
+        lambda g: g.label_points(np.zeros((5, 2))),
+        lambda g: g.label_points(np.full((5, 3), np.nan)),
+        lambda g: g.label_plane(np.zeros(3), np.zeros(3), np.array([0.0, 1.0, 0.0]), (4, 4)),
+        lambda g: g.label_plane(np.zeros(3), np.eye(3)[0], np.eye(3)[1], (4, 4, 4)),
+    ],
+)
+def test_bad_labelling_input_raises_one_line_error(call):
+    g = random_gbpd(np.random.default_rng(7), 10, 3, 10.0)
+    with pytest.raises(StereograinError) as err:
+        call(g)
+    assert "\n" not in str(err.value)
+
+
+def test_non_positive_definite_metrics_are_rejected():
+    M = np.tile(np.eye(3), (3, 1, 1))
+    M[1, 2, 2] = -1.0
+    g = GBPD(np.zeros((3, 3)), M, np.zeros(3))
+    with pytest.raises(StereograinError, match="cell 1 is not positive definite"):
+        g.label_grid((4, 4, 4))
+    M = np.tile(np.eye(2), (2, 1, 1))
+    M[0, 0, 1] = 0.5
+    with pytest.raises(StereograinError, match="symmetric"):
+        GBPD(np.zeros((2, 2)), M, np.zeros(2)).label_points(np.zeros((1, 2)))
+    with pytest.raises(StereograinError):
+        GBPD(np.zeros((2, 2)), np.full((2, 2, 2), np.nan), np.zeros(2))
+
+
+# --------------------------------------------------------------------------- soft map
+
+
+def _torch_case(rng, B, P, n, d, dtype=torch.float64, requires_grad=True):
+    x = torch.tensor(rng.uniform(0, 10, (B, P, d)), dtype=dtype)
+    s = torch.tensor(rng.uniform(0, 10, (B, n, d)), dtype=dtype)
+    A = torch.tensor(rng.normal(size=(B, n, d, d)), dtype=dtype)
+    M = A @ A.transpose(-1, -2) + torch.eye(d, dtype=dtype)
+    r = torch.tensor(rng.uniform(0, 2, (B, n)), dtype=dtype)
+    for t in (s, M, r):
+        t.requires_grad_(requires_grad)
+    return x, s, M, r
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["numba", "torch"])
+@pytest.mark.parametrize("d", [2, 3])
+def test_soft_map_gradcheck(kernel, d, monkeypatch):
+    monkeypatch.setattr(tess, "_SOFT_MAP_KERNEL", kernel)
+    rng = np.random.default_rng(8)
+    x, s, M0, r = _torch_case(rng, 2, 4, 5, d)
+    M0 = M0.detach().requires_grad_(True)
+    idx = nearest_candidates(x, s, 3)
+
+    def f(s_, M_, r_):
+        Ms = 0.5 * (M_ + M_.transpose(-1, -2))  # perturbations stay symmetric
+        return soft_map(x, s_, Ms, r_, temperature=0.7, candidates=idx)
+
+    assert torch.autograd.gradcheck(f, (s, M0, r), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda s_, r_: soft_map(x, s_, M0.detach(), r_, 0.7), (s, r), eps=1e-6, atol=1e-6)
+
+
+def test_soft_map_kernel_matches_torch_path(monkeypatch):
+    rng = np.random.default_rng(9)
+    x, s, M, r = _torch_case(rng, 3, 50, 20, 3)
+    x.requires_grad_(True)
+    idx = nearest_candidates(x, s, 6)
+    outs = []
+    for kernel in (True, False):
+        monkeypatch.setattr(tess, "_SOFT_MAP_KERNEL", kernel)
+        for t in (x, s, M, r):
+            t.grad = None
+        y = soft_map(x, s, M, r, 1.3, idx)
+        (y * torch.linspace(0, 1, y.numel(), dtype=y.dtype).reshape(y.shape)).sum().backward()
+        outs.append([y.detach()] + [t.grad.clone() for t in (x, s, M, r)])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    # dense path equals the candidates path when every cell is a candidate
+    full = soft_map(x, s, M, r, 1.3)
+    allc = torch.arange(20).expand(3, 50, 20)
+    torch.testing.assert_close(full, soft_map(x, s, M, r, 1.3, allc), rtol=1e-9, atol=1e-12)
+
+
+def test_soft_map_float32_batched_and_broadcast():
+    rng = np.random.default_rng(10)
+    x, s, M, r = _torch_case(rng, 4, 64, 30, 3, dtype=torch.float32)
+    idx = nearest_candidates(x, s, 8)
+    assert idx.shape == (4, 64, 8) and idx.dtype == torch.long
+    y = soft_map(x, s, M, r, 1.0, idx)
+    assert y.dtype == torch.float32 and y.shape == (4, 64, 8)
+    torch.testing.assert_close(y.sum(-1), torch.ones(4, 64))
+    y.sum().backward()
+    assert s.grad.shape == s.shape and M.grad.shape == M.shape and r.grad.shape == r.shape
+    # one seed set shared by a batch of point sets
+    y2 = soft_map(x, s[0].detach(), M[0].detach(), r[0].detach(), 1.0, nearest_candidates(x, s[0], 8))
+    assert y2.shape == (4, 64, 8)
+    y3 = soft_map(x[1], s[0].detach(), M[0].detach(), r[0].detach(), 1.0, nearest_candidates(x[1], s[0], 8))
+    torch.testing.assert_close(y2[1], y3)
+
+
+def test_soft_argmax_equals_exact_labels_away_from_boundaries():
+    rng = np.random.default_rng(11)
+    g = random_gbpd(rng, 150, 3, 40.0)
+    pts = rng.uniform(0, 40, (4000, 3))
+    dist = g.distances(pts)
+    two = np.sort(dist, axis=1)[:, :2]
+    clear = two[:, 1] - two[:, 0] > 0.5
+    exact = g.label_points(pts) - 1
+    t = lambda a: torch.tensor(a)  # noqa: E731
+    dense = soft_map(t(pts), t(g.seeds), t(g.metrics), t(g.offsets), temperature=0.05)
+    np.testing.assert_array_equal(dense.argmax(-1).numpy()[clear], exact[clear])
+    idx = nearest_candidates(pts, g.seeds, 24)
+    cand = soft_map(t(pts), t(g.seeds), t(g.metrics), t(g.offsets), 0.05, idx)
+    pick = torch.gather(idx, -1, cand.argmax(-1, keepdim=True))[:, 0].numpy()
+    covered = (idx.numpy() == exact[:, None]).any(axis=1)
+    assert covered.mean() > 0.99
+    np.testing.assert_array_equal(pick[clear & covered], exact[clear & covered])
+
+
+def test_soft_map_bad_input():
+    x = torch.zeros(4, 3)
+    s = torch.zeros(2, 3)
+    M = torch.eye(3).expand(2, 3, 3)
+    r = torch.zeros(2)
+    for kwargs in (dict(temperature=0.0), dict(temperature=float("nan"))):
+        with pytest.raises(StereograinError):
+            soft_map(x, s, M, r, **kwargs)
+    with pytest.raises(StereograinError):
+        soft_map(x, s[:, :2], M, r)
+    with pytest.raises(StereograinError):
+        soft_map(x, s, M, r, candidates=torch.zeros(4, 2, dtype=torch.int32))
+    with pytest.raises(StereograinError):
+        soft_map(x, s, M, r, candidates=torch.full((4, 2), 5, dtype=torch.long))
+    with pytest.raises(StereograinError):
+        nearest_candidates(x, s, 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_soft_map_on_cuda():
+    rng = np.random.default_rng(12)
+    x, s, M, r = (t.detach().cuda().requires_grad_(t.requires_grad) for t in _torch_case(rng, 2, 100, 40, 3, torch.float32))
+    idx = nearest_candidates(x, s, 8)
+    assert idx.device.type == "cuda"
+    y = soft_map(x, s, M, r, 1.0, idx)
+    y.sum().backward()
+    ref = soft_map(x.cpu(), s.detach().cpu(), M.detach().cpu(), r.detach().cpu(), 1.0, idx.cpu())
+    torch.testing.assert_close(y.cpu(), ref, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- cell geometry
+
+
+def test_cell_geometry_of_ellipses():
+    H, W = 120, 160
+    jj, ii = np.mgrid[:H, :W].astype(float)
+    lab = np.zeros((H, W), np.int32)
+    cells = [((40.0, 50.0), (25.0, 10.0), 0.4), ((110.0, 70.0), (15.0, 12.0), -1.1)]
+    for k, ((cx, cy), (a, b), th) in enumerate(cells):
+        u = (ii - cx) * np.cos(th) + (jj - cy) * np.sin(th)
+        v = -(ii - cx) * np.sin(th) + (jj - cy) * np.cos(th)
+        lab[(u / a) ** 2 + (v / b) ** 2 <= 1] = k + 1
+    geo = cell_geometry(lab, n=3, spacing=2.0)
+    for k, ((cx, cy), (a, b), th) in enumerate(cells):
+        np.testing.assert_allclose(geo.centroid[k], 2.0 * np.array([cx, cy]), atol=0.1)
+        np.testing.assert_allclose(geo.size[k], 4.0 * np.pi * a * b, rtol=0.02)
+        assert abs(abs(geo.axes[k, 0] @ [np.cos(th), np.sin(th)]) - 1) < 1e-3
+        np.testing.assert_allclose(geo.eigenvalues[k], 4.0 * np.array([a, b]) ** 2 / 4, rtol=0.03)
+    assert geo.size[2] == 0 and np.all(np.isnan(geo.centroid[2]))
+
+
+def test_cell_geometry_of_an_ellipsoid():
+    z, y, x = np.mgrid[:40, :50, :60].astype(float)
+    R = np.linalg.qr(np.random.default_rng(13).normal(size=(3, 3)))[0]
+    P = np.stack([x - 30, y - 24, z - 20], -1) @ R.T  # rows of R: the ellipsoid axes
+    lab = ((P[..., 0] / 18) ** 2 + (P[..., 1] / 10) ** 2 + (P[..., 2] / 6) ** 2 <= 1).astype(np.int64)
+    geo = cell_geometry(lab)
+    np.testing.assert_allclose(geo.centroid[0], [30, 24, 20], atol=0.05)
+    np.testing.assert_allclose(geo.size[0], 4 / 3 * np.pi * 18 * 10 * 6, rtol=0.01)
+    np.testing.assert_allclose(geo.eigenvalues[0] / geo.eigenvalues[0, 0], np.array([18, 10, 6]) ** 2 / 18**2, rtol=0.03)
+    for k in range(3):
+        assert abs(abs(geo.axes[0, k] @ R[k]) - 1) < 2e-3
+    with pytest.raises(StereograinError):
+        cell_geometry(np.zeros(5, np.int32))
+    with pytest.raises(StereograinError):
+        cell_geometry(np.full((3, 3), -1))
+    with pytest.raises(StereograinError):
+        cell_geometry(np.ones((3, 3)), n=0)
+
+
+def test_cell_geometry_of_an_exact_labelling():
+    g = random_gbpd(np.random.default_rng(14), 50, 3, 30.0)
+    lab = g.label_grid((30, 30, 30))
+    geo = cell_geometry(lab, n=g.n)
+    assert geo.size.sum() == 30**3
+    present = geo.size > 0
+    inside = np.all((geo.centroid[present] >= 0) & (geo.centroid[present] <= 29), axis=1)
+    assert inside.all()
+    assert np.all(np.diff(geo.eigenvalues[present], axis=1) <= 1e-9)
