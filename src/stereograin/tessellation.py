@@ -639,16 +639,16 @@ def _cells3(seeds, metrics):  # pragma: no cover - compiled
 def _tables(Mu, A, H):  # pragma: no cover - compiled
     """Per-cell tables of a lattice ``A`` (3, 3): ``R`` for every level's half-extents ``H`` (L, 3), and ``Gl``.
 
+    ``Gl[j]`` holds the unique entries of ``G = A M_j A^T`` and
     ``R[l, j] = max |sum_k +-H[l, k] A[k]|_{M_j}`` over the box vertices (the
-    norm is convex, so the maximum over the box is at a vertex), padded by
-    1e-12 relative; ``Gl[j]`` holds the unique entries of ``A M_j A^T``.
+    norm is convex, so the maximum over the box is at a vertex); the squared
+    norm of a vertex is ``sum_kl s_k s_l H_k H_l G_kl``. Padded by 1e-12 relative.
     """
     n = Mu.shape[0]
     L = H.shape[0]
     R = np.empty((L, n))
     Gl = np.empty((n, 6))
     M = np.empty((3, 3))
-    u = np.empty(3)
     pairs = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
     for j in range(n):
         M[0, 0], M[0, 1], M[0, 2] = Mu[j, 0], Mu[j, 1], Mu[j, 2]
@@ -661,19 +661,15 @@ def _tables(Mu, A, H):  # pragma: no cover - compiled
                 for b in range(3):
                     acc += A[k, a] * M[a, b] * A[l, b]
             Gl[j, e] = acc
+        g00, g01, g02, g11, g12, g22 = Gl[j, 0], Gl[j, 1], Gl[j, 2], Gl[j, 3], Gl[j, 4], Gl[j, 5]
         for lv in range(L):
-            best = 0.0
-            for sv in range(4):
-                s1 = 1.0 if sv & 1 == 0 else -1.0
-                s2 = 1.0 if sv & 2 == 0 else -1.0
-                for a in range(3):
-                    u[a] = H[lv, 0] * A[0, a] + s1 * H[lv, 1] * A[1, a] + s2 * H[lv, 2] * A[2, a]
-                q = 0.0
-                for a in range(3):
-                    for b in range(3):
-                        q += u[a] * M[a, b] * u[b]
-                best = max(best, q)
-            R[lv, j] = np.sqrt(best) * (1.0 + 1e-12)
+            h0, h1, h2 = H[lv, 0], H[lv, 1], H[lv, 2]
+            a_ = h0 * h0 * g00 + h1 * h1 * g11 + h2 * h2 * g22
+            b_ = 2.0 * h0 * h1 * g01
+            c_ = 2.0 * h0 * h2 * g02
+            e_ = 2.0 * h1 * h2 * g12
+            q = a_ + max(max(b_ + c_ + e_, -b_ + c_ - e_), max(b_ - c_ - e_, -b_ - c_ + e_))
+            R[lv, j] = np.sqrt(max(q, 0.0)) * (1.0 + 1e-12)
     return R, Gl
 
 
@@ -1159,22 +1155,24 @@ def _soft_map_function():
             n, k = s.shape[-2], idx.shape[-1]
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
                 raise StereograinError(f"candidates must be in [0, {n}), got values in [{int(idx.min())}, {int(idx.max())}]")
-            dt = x.dtype
-            xb = x.detach().to(dt).expand(*batch, P, d).reshape(-1, P, d).contiguous()
-            sb = s.detach().to(dt).expand(*batch, n, d).reshape(-1, n, d).contiguous()
-            Mb = M.detach().to(dt).expand(*batch, n, d, d).reshape(-1, n, d, d).contiguous()
-            rb = r.detach().to(dt).expand(*batch, n).reshape(-1, n).contiguous()
+            # float64 inside whatever the input dtype: one compiled kernel pair, and no
+            # float32 cancellation in the quadratic forms
+            f8 = torch.float64
+            xb = x.detach().to(f8).expand(*batch, P, d).reshape(-1, P, d).contiguous()
+            sb = s.detach().to(f8).expand(*batch, n, d).reshape(-1, n, d).contiguous()
+            Mb = M.detach().to(f8).expand(*batch, n, d, d).reshape(-1, n, d, d).contiguous()
+            rb = r.detach().to(f8).expand(*batch, n).reshape(-1, n).contiguous()
             ib = idx.expand(*batch, P, k).reshape(-1, P, k).contiguous()
-            y = torch.empty(ib.shape, dtype=dt)
+            y = torch.empty(ib.shape, dtype=f8)
             _sm_forward(xb.numpy(), sb.numpy(), Mb.numpy(), rb.numpy(), ib.numpy(), temperature, y.numpy())
             ctx.save_for_backward(xb, sb, Mb, rb, ib, y)
-            ctx.meta = (batch, temperature, x.shape, s.shape, M.shape, r.shape)
-            return y.reshape(*batch, P, k)
+            ctx.meta = (batch, temperature, x.shape, s.shape, M.shape, r.shape, (x.dtype, s.dtype, M.dtype, r.dtype))
+            return y.reshape(*batch, P, k).to(x.dtype)
 
         @staticmethod
         def backward(ctx, gy):
             xb, sb, Mb, rb, ib, y = ctx.saved_tensors
-            batch, temperature, xs, ss, Ms, rs = ctx.meta
+            batch, temperature, xs, ss, Ms, rs, dts = ctx.meta
             gyb = gy.to(y.dtype).reshape(y.shape).contiguous()
             gx, gs, gM, gr = (torch.zeros_like(t) for t in (xb, sb, Mb, rb))
             _sm_backward(
@@ -1182,16 +1180,16 @@ def _soft_map_function():
                 y.numpy(), gyb.numpy(), gx.numpy(), gs.numpy(), gM.numpy(), gr.numpy(),
             )
 
-            def back(g, shape, tail):
-                return g.reshape(*batch, *tail).sum_to_size(shape)
+            def back(g, shape, tail, dt):
+                return g.reshape(*batch, *tail).sum_to_size(shape).to(dt)
 
             P, d = xs[-2:]
             n = ss[-2]
             return (
-                back(gx, xs, (P, d)) if ctx.needs_input_grad[0] else None,
-                back(gs, ss, (n, d)) if ctx.needs_input_grad[1] else None,
-                back(gM, Ms, (n, d, d)) if ctx.needs_input_grad[2] else None,
-                back(gr, rs, (n,)) if ctx.needs_input_grad[3] else None,
+                back(gx, xs, (P, d), dts[0]) if ctx.needs_input_grad[0] else None,
+                back(gs, ss, (n, d), dts[1]) if ctx.needs_input_grad[1] else None,
+                back(gM, Ms, (n, d, d), dts[2]) if ctx.needs_input_grad[2] else None,
+                back(gr, rs, (n,), dts[3]) if ctx.needs_input_grad[3] else None,
                 None,
                 None,
             )
@@ -1299,7 +1297,7 @@ def soft_map(
         raise StereograinError(f"offsets must have shape (..., {seeds.shape[-2]}), got {tuple(offsets.shape)}")
     if candidates is not None and candidates.dtype != torch.long:
         raise StereograinError(f"candidates must be a long (int64) tensor, got {candidates.dtype}")
-    if candidates is not None and _SOFT_MAP_KERNEL and points.device.type == "cpu" and points.dtype in (torch.float32, torch.float64):
+    if candidates is not None and _SOFT_MAP_KERNEL and points.device.type == "cpu" and points.dtype.is_floating_point:
         return _SoftMapCandidates.apply(points, seeds, metrics, offsets, candidates, float(temperature))
     # Centre each batch entry at its mean point (a constant shift leaves distances unchanged).
     c = points.detach().mean(dim=-2, keepdim=True)
