@@ -14,21 +14,10 @@ Prints progress lines, then one JSON line with the figures (last line).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 
 import numpy as np
-
-
-def _best_of(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+from _common import best_of, machine, print_figures
 
 
 def bench_shells(n: int, repeats: int) -> dict[str, float]:
@@ -42,8 +31,8 @@ def bench_shells(n: int, repeats: int) -> dict[str, float]:
         assert np.isfinite(d["sphericity"]).all()
 
     describe_coefficients(model.sample(1000, 0), level=3, compactness=False)  # warm caches (basis, numba)
-    t = _best_of(run, repeats)
-    t_draw = _best_of(lambda: model.sample(n, 1, level=3), repeats)
+    t = best_of(run, repeats)
+    t_draw = best_of(lambda: model.sample(n, 1, level=3), repeats)
     return {"shells_per_s": n / t, "s_per_shell": t / n, "sample_only_shells_per_s": n / t_draw}
 
 
@@ -81,8 +70,7 @@ def main() -> None:
     n = 20_000 if args.quick else 200_000
     size = 128 if args.quick else 256
     figures: dict[str, object] = {
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
-        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "unset"),
+        **machine(),
         "n_shells": n,
     }
     print(f"sampling {n} shells ...", flush=True)
@@ -93,7 +81,7 @@ def main() -> None:
     figures.update(bench_segment(size))
     figures["paper_s_per_shell"] = 2.37e-3
     figures["speedup_vs_paper"] = figures["paper_s_per_shell"] / figures["s_per_shell"]
-    print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in figures.items()}))
+    print_figures(figures)
 
 
 if __name__ == "__main__":

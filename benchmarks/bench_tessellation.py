@@ -27,21 +27,10 @@ Prints progress lines, then one JSON line with the figures (last line).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 
 import numpy as np
-
-
-def _best_of(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+from _common import best_of, machine, print_figures
 
 
 def paper_diagram(size: int, n: int, rng: np.random.Generator):
@@ -60,7 +49,7 @@ def bench_labelling(size: int, n: int, repeats: int) -> dict[str, float]:
     g = paper_diagram(size, n, rng)
     shape = (size, size, size)
     g.label_grid(shape)  # compile / load the kernels
-    t = _best_of(lambda: g.label_grid(shape), repeats)
+    t = best_of(lambda: g.label_grid(shape), repeats)
     # a random plane through the centre
     u = rng.normal(size=3)
     u /= np.linalg.norm(u)
@@ -69,7 +58,7 @@ def bench_labelling(size: int, n: int, repeats: int) -> dict[str, float]:
     spacing = size / 1024
     origin = np.full(3, size / 2) - 512 * spacing * (u + v)
     g.label_plane(origin, u, v, (1024, 1024), spacing)
-    t_sec = _best_of(lambda: g.label_plane(origin, u, v, (1024, 1024), spacing), repeats)
+    t_sec = best_of(lambda: g.label_plane(origin, u, v, (1024, 1024), spacing), repeats)
     return {
         "label_voxels_per_s": size**3 / t,
         "label_s": t,
@@ -122,11 +111,11 @@ def bench_softmap(repeats: int) -> dict[str, float]:
 
     out: dict[str, float] = {"softmap_seeds_per_cutout": float(n)}
     step()
-    out["softmap_step_ms"] = 1e3 * _best_of(step, repeats)
+    out["softmap_step_ms"] = 1e3 * best_of(step, repeats)
     tess._SOFT_MAP_KERNEL = False
     try:
         step()
-        out["softmap_step_ms_torch"] = 1e3 * _best_of(step, max(2, repeats // 2))
+        out["softmap_step_ms_torch"] = 1e3 * best_of(step, max(2, repeats // 2))
     finally:
         tess._SOFT_MAP_KERNEL = True
     t = time.perf_counter()
@@ -159,14 +148,12 @@ def main() -> None:
     import numba
 
     figures: dict[str, object] = {
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
-        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "unset"),
+        **machine(),
         "numba_threads": numba.get_num_threads(),
         "grid": size,
         "seeds": n,
         "markers": "D ~ U(1, 50), r ~ U(1, 10), gamma ~ U(0, pi), seeds uniform in the box, frames about its centre",
     }
-    print(f"OPENBLAS_CORETYPE is {'set to ' + os.environ['OPENBLAS_CORETYPE'] if 'OPENBLAS_CORETYPE' in os.environ else 'not set'}", flush=True)
     print(f"exact labelling: {size}^3 grid and a 1024^2 section, {n} seeds (best of {repeats}) ...", flush=True)
     figures.update(bench_labelling(size, n, repeats))
     print(f"  {figures['label_voxels_per_s'] / 1e6:.1f} M voxels/s, section {figures['section_pixels_per_s'] / 1e6:.1f} M pixels/s", flush=True)
@@ -175,7 +162,7 @@ def main() -> None:
     print(f"  {figures['softmap_step_ms']:.1f} ms per forward + backward", flush=True)
     print("2D fit of a synthetic EBSD map ...", flush=True)
     figures.update(bench_fit2d(args.quick))
-    print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in figures.items()}))
+    print_figures(figures)
 
 
 if __name__ == "__main__":
