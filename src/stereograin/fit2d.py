@@ -318,36 +318,9 @@ def _unit_radial(seeds: np.ndarray, eps: float = 1e-9) -> np.ndarray:
     return np.where(norm > eps, seeds / np.maximum(norm, eps), np.array([1.0, 0.0]))
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _argmin_kernel(points, seeds, u, D, r, out):  # pragma: no cover - compiled
-    for p in numba.prange(points.shape[0]):
-        x, y = points[p, 0], points[p, 1]
-        best = np.inf
-        arg = 0
-        for c in range(seeds.shape[0]):
-            vx, vy = x - seeds[c, 0], y - seeds[c, 1]
-            a = vx * u[c, 0] + vy * u[c, 1]
-            b = vy * u[c, 0] - vx * u[c, 1]
-            val = math.sqrt(D[c, 0] * a * a + D[c, 1] * b * b) - r[c]
-            if val < best:  # strict: ties go to the lowest index
-                best = val
-                arg = c
-        out[p] = arg
-
-
 def _exact_cells(points: np.ndarray, seeds: np.ndarray, D: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Exact cell index (argmin over all cells, ties to the lowest) of each point, ``(P,)`` int64.
-
-    The closed 2D form of :meth:`GBPD.distances` for a restricted GBPD,
-    ``|v|_M^2 = D0 (v . u)^2 + D1 (v . u_perp)^2``; ``O(P n)`` in a compiled loop.
-    """
-    seeds = np.ascontiguousarray(seeds, dtype=np.float64)
-    out = np.empty(len(points), dtype=np.int64)
-    _argmin_kernel(
-        np.ascontiguousarray(points, dtype=np.float64), seeds, _unit_radial(seeds),
-        np.ascontiguousarray(D, dtype=np.float64), np.ascontiguousarray(r, dtype=np.float64), out,
-    )
-    return out
+    """Exact cell index (argmin over all cells, ties to the lowest) of each point, ``(P,)`` int64."""
+    return GBPD.restricted(seeds, D, r).label_points(np.asarray(points, dtype=np.float64)) - 1
 
 
 # --------------------------------------------------------------------------- synthetic maps
