@@ -9,7 +9,6 @@ Until the grain model lands, a library holds outer shells only.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +116,3 @@ def generate_library(
         shell_gallery(coefs[:preview] * um, out / "preview.png", unit="µm")
     return manifest
 
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The manifest of a library folder."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise StereograinError(f"{folder} is not a stereograin library (no {MANIFEST})")
-    return json.loads(path.read_text())
