@@ -244,21 +244,26 @@ def _read_maps(files: list[Path], step_nm: float | None, ci_threshold: float, mi
     return out
 
 
-_MAPS_HELP = "EBSD maps (.ang TSL/EDAX, .ctf Oxford) or label images (.tif/.png, 0 = unindexed), or folders of them."
-_STEP_HELP = "Pixel size, e.g. 50nm: required for label images, overrides the header of .ang/.ctf. Maps are resampled to 50 nm pixels."
+# Options shared by `sections inspect` and `sections fit` (how maps are read and judged).
+_Maps = Annotated[list[Path], typer.Argument(help="EBSD maps (.ang TSL/EDAX, .ctf Oxford) or label images (.tif/.png, 0 = unindexed), or folders of them.")]
+_Step = Annotated[str | None, typer.Option(help="Pixel size, e.g. 50nm: required for label images, overrides the header of .ang/.ctf. Maps are resampled to 50 nm pixels.")]
+_CiThreshold = Annotated[float, typer.Option(help=".ang only: pixels with confidence index below this are unindexed.")]
+_Misorientation = Annotated[float, typer.Option(help="Grain boundary misorientation in degrees (crystal symmetry from the file).")]
+_MinGrainPx = Annotated[int, typer.Option(help="Grains with fewer pixels become unindexed.")]
+_Threshold = Annotated[float, typer.Option(help="Significance level of the central-section test.")]
 
 
 @sections_app.command("inspect")
 @_friendly
 def sections_inspect(
-    maps: Annotated[list[Path], typer.Argument(help=_MAPS_HELP)],
+    maps: _Maps,
     plot: Annotated[Path | None, typer.Option(help="Folder for PNGs: alpha KDE of all maps (Fig. 2d) and each grain map.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write per map: file, grains, unindexed_fraction, central, p_value (and the test's details).")] = None,
-    step: Annotated[str | None, typer.Option(help=_STEP_HELP)] = None,
-    ci_threshold: Annotated[float, typer.Option(help=".ang only: pixels with confidence index below this are unindexed.")] = 0.1,
-    misorientation: Annotated[float, typer.Option(help="Grain boundary misorientation in degrees (crystal symmetry from the file).")] = 5.0,
-    min_grain_px: Annotated[int, typer.Option(help="Grains with fewer pixels become unindexed.")] = 5,
-    threshold: Annotated[float, typer.Option(help="Significance level of the central-section test.")] = 0.01,
+    step: _Step = None,
+    ci_threshold: _CiThreshold = 0.1,
+    misorientation: _Misorientation = 5.0,
+    min_grain_px: _MinGrainPx = 5,
+    threshold: _Threshold = 0.01,
 ) -> None:
     """Grains, orientation statistics and the central-or-not verdict of each EBSD section."""
     from .io import write_json
@@ -296,15 +301,15 @@ def sections_inspect(
 @sections_app.command("fit")
 @_friendly
 def sections_fit(
-    maps: Annotated[list[Path], typer.Argument(help=_MAPS_HELP)],
+    maps: _Maps,
     output: Annotated[Path, typer.Option("-o", "--output", help="Fitted 2D tessellations (.json, top-level key 'sections').")],
     plot: Annotated[Path | None, typer.Option(help="Folder for one PNG per map: measured vs fitted grains.")] = None,
     all_maps: Annotated[bool, typer.Option("--all", help="Fit every map, not only those passing the central-section test.")] = False,
-    step: Annotated[str | None, typer.Option(help=_STEP_HELP)] = None,
-    ci_threshold: Annotated[float, typer.Option(help=".ang only: pixels with confidence index below this are unindexed.")] = 0.1,
-    misorientation: Annotated[float, typer.Option(help="Grain boundary misorientation in degrees.")] = 5.0,
-    min_grain_px: Annotated[int, typer.Option(help="Grains with fewer pixels become unindexed.")] = 5,
-    threshold: Annotated[float, typer.Option(help="Significance level of the central-section test.")] = 0.01,
+    step: _Step = None,
+    ci_threshold: _CiThreshold = 0.1,
+    misorientation: _Misorientation = 5.0,
+    min_grain_px: _MinGrainPx = 5,
+    threshold: _Threshold = 0.01,
     iterations: Annotated[int, typer.Option(help="Gradient-descent steps per map.")] = 400,
     seed: Annotated[int, typer.Option(help="Random seed of the fit.")] = 0,
 ) -> None:
