@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pytest
 import scipy.ndimage as ndi
+
+from stereograin.errors import StereograinError
 
 
 def ball_masks(
@@ -67,3 +70,12 @@ def synthetic_balls(
     if noise > 0:
         grey += rng.normal(0.0, noise, size=shape).astype(np.float32)
     return np.clip(np.rint(grey * 255), 0, 255).astype(np.uint8)
+
+
+def one_line_error(func, *args, **kwargs) -> str:
+    """Call ``func``, expect a StereograinError, check its message is one line, return it."""
+    with pytest.raises(StereograinError) as err:
+        func(*args, **kwargs)
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    return msg

@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import one_line_error as _one_line_error
 import tifffile
 import zarr
 
@@ -21,14 +22,6 @@ def labels() -> np.ndarray:
     out = rng.integers(0, 50, size=(6, 17, 23)).astype(np.uint32)
     out[0, 0, 0] = 2**32 - 1  # the full uint32 range survives
     return out
-
-
-def _one_line_error(func, *args, **kwargs) -> str:
-    with pytest.raises(StereograinError) as err:
-        func(*args, **kwargs)
-    msg = str(err.value)
-    assert "\n" not in msg, msg
-    return msg
 
 
 # --------------------------------------------------------------------------- round trips

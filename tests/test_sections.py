@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error as _one_line_error
 import skimage.measure
 import tifffile
 from ebsd_synth import grain_orientations, voronoi_labels, write_ang, write_ctf
@@ -25,14 +26,6 @@ from stereograin.sections import (
 )
 from stereograin.sections_synth import _label_pruned, cut_section, radial_ball, synthetic_sections
 from stereograin.tessellation import plane_points
-
-
-def _one_line_error(func, *args, **kwargs) -> str:
-    with pytest.raises(StereograinError) as err:
-        func(*args, **kwargs)
-    msg = str(err.value)
-    assert "\n" not in msg, msg
-    return msg
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:

@@ -245,15 +245,7 @@ def _finish(raw: np.ndarray, hull: np.ndarray | None) -> dict[str, np.ndarray]:
             comp = np.full(len(vol), np.nan)
         else:
             comp = np.where(hull > 0, vol / hull, np.nan)
-    return {
-        "d_max": dmax,
-        "d_min": dmin,
-        "aspect_ratio": aspect,
-        "compactness": comp,
-        "sphericity": spher,
-        "volume": vol,
-        "surface_area": area,
-    }
+    return dict(zip(SHELL_DESCRIPTORS, (dmax, dmin, aspect, comp, spher, vol, area)))
 
 
 def _check_chunk(chunk: Any) -> int:
@@ -508,15 +500,7 @@ def describe_mask(
     with np.errstate(divide="ignore", invalid="ignore"):
         aspect = float(np.float64(dmax) / np.float64(dmin))
     spher = float(sphericity(vol, area))
-    return {
-        "d_max": dmax,
-        "d_min": dmin,
-        "aspect_ratio": aspect,
-        "compactness": comp,
-        "sphericity": spher,
-        "volume": vol,
-        "surface_area": area,
-    }
+    return dict(zip(SHELL_DESCRIPTORS, (dmax, dmin, aspect, comp, spher, vol, area)))
 
 
 # --------------------------------------------------------------------------- comparison
