@@ -7,18 +7,15 @@ Every user-facing error is a :class:`StereograinError`, printed as one line
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from . import __version__
+from ._cli_util import _friendly, _length_nm, _steps
 from .errors import StereograinError
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(
     name="stereograin",
@@ -39,26 +36,6 @@ sections_app = typer.Typer(
 app.add_typer(sections_app, name="sections")
 
 SECTION_SUFFIXES = (".ang", ".ctf", ".tif", ".tiff", ".png")
-
-
-def _friendly(func: F) -> F:
-    """Turn expected errors into one line on stderr and exit status 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except StereograinError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except MemoryError:
-            typer.echo("error: out of memory; process a smaller volume or fewer shells at once", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted; finished files are kept", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _version(value: bool) -> None:
@@ -326,16 +303,17 @@ def sections_fit(
     for f, g in zip(files, grain_maps):
         v = central_section_test(g, threshold=threshold)
         if all_maps or v.central:
-            chosen.append((f, g))
+            chosen.append((f, g, v.central))
         else:
             typer.echo(f"{f.name}: skipped, not a central section ({v.reason}); --all fits it anyway")
     if not chosen:
         raise StereograinError("no map passes the central-section test; check the maps or use --all")
     fitted = []
     with tqdm(chosen, desc="fitting", unit="map", disable=len(chosen) < 2) as bar:
-        for f, g in bar:
+        for f, g, central in bar:
             fs = fit_section(g.labels, g.centre, step_nm=g.step_nm, iterations=iterations, seed=seed, file=str(f),
                              progress=len(chosen) < 2)
+            fs = dataclasses.replace(fs, central=bool(central))
             fitted.append(fs)
             bar.write(f"{f.name}: {fs.n} cells, pixel agreement {fs.pixel_agreement * 100:.1f} %")
             if plot is not None:
@@ -345,39 +323,19 @@ def sections_fit(
     typer.echo(f"{len(fitted)} fitted sections -> {output}")
 
 
-def _length_nm(text: str) -> float:
-    from .units import parse_length
-
-    return parse_length(text)
-
-
 def _finite_or_none(x: float) -> float | None:
     import math
 
     return float(x) if math.isfinite(x) else None
 
 
-class _steps:
-    """Print a step's name and its duration (for single long calls without a loop to count)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __enter__(self) -> None:
-        import time
-
-        self.t = time.perf_counter()
-        typer.echo(f"{self.name} ...", err=True)
-
-    def __exit__(self, *exc: Any) -> None:
-        import time
-
-        if exc[0] is None:
-            typer.echo(f"{self.name}: {time.perf_counter() - self.t:.1f} s", err=True)
-
-
 def _fmt(params: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in params.items())
+
+
+from .cli_grains import grains_app  # noqa: E402  (registers after the shared options above)
+
+app.add_typer(grains_app, name="grains")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -128,6 +128,9 @@ class FittedSection:
         grain (for an augmented section: that of the fit it came from).
     shape : (int, int)
         ``(H, W)`` of the map.
+    central : bool or None
+        Verdict of the central-section test on the map (``None``: not tested).
+        The GAN trains only on sections that are not known to be off-centre.
     """
 
     file: str
@@ -139,6 +142,7 @@ class FittedSection:
     grain_labels: np.ndarray
     pixel_agreement: float
     shape: tuple[int, int]
+    central: bool | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.file, str):
@@ -167,6 +171,10 @@ class FittedSection:
         shape = tuple(self.shape) if isinstance(self.shape, (tuple, list, np.ndarray)) else ()
         if len(shape) != 2 or not all(_is_int(v) and int(v) > 0 for v in shape):
             raise StereograinError(f"shape must be two positive integers (H, W), got {self.shape!r}")
+        if self.central is not None and not isinstance(self.central, (bool, np.bool_)):
+            raise StereograinError(f"central must be true, false or null, got {self.central!r}")
+        if self.central is not None:
+            object.__setattr__(self, "central", bool(self.central))
         for name, value in (
             ("step_nm", step),
             ("origin", origin),
@@ -228,7 +236,7 @@ class FittedSection:
         fr = rng.uniform(low, high, size=self.r.shape)
         return FittedSection(
             self.file, self.step_nm, self.origin, self.seeds, self.D * fD, self.r * fr,
-            self.grain_labels, self.pixel_agreement, self.shape,
+            self.grain_labels, self.pixel_agreement, self.shape, self.central,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,6 +251,7 @@ class FittedSection:
             "seeds": self.seeds.tolist(),
             "D": self.D.tolist(),
             "r": self.r.tolist(),
+            "central": self.central,
         }
 
     @classmethod
@@ -265,6 +274,7 @@ class FittedSection:
                 grain_labels=_as_array(d["grain_labels"], "grain_labels"),
                 pixel_agreement=d["pixel_agreement"],
                 shape=d["shape"],
+                central=d.get("central"),
             )
         except StereograinError as exc:
             raise StereograinError(f"{where}: {exc}") from None

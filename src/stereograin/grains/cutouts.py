@@ -47,6 +47,9 @@ __all__ = [
     "to_nchw",
     "CutoutBatch",
     "CUTOUT_AREA",
+    "soft_cutouts",
+    "onehot_cutouts",
+    "rotated_cutout_points",
 ]
 
 #: Cutout area in px^2 (visible grains per unit area, Eq. 13).
@@ -293,34 +296,66 @@ def to_nchw(img: torch.Tensor) -> torch.Tensor:
     return img.permute(0, 3, 1, 2)
 
 
-def _batch_images(
-    points: np.ndarray,
-    seeds: Sequence[torch.Tensor],
-    M: Sequence[torch.Tensor],
-    r: Sequence[torch.Tensor],
-    temperature: float,
-    k: int,
-    keep: int,
-) -> CutoutBatch:
-    """Truncated soft cutouts of ``B`` independent tessellations in one soft-map call.
+def _segment_ids(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Number the distinct cells of each cutout ``0..U_b - 1`` (by increasing cell id).
 
-    ``points`` (B, P, d); the b-th tessellation is ``(seeds[b], M[b], r[b])``.
+    ``cells`` (B, ...) int64. Returns ``local`` (same shape), ``uniq_cell`` and
+    ``uniq_cutout`` (U,) of every distinct (cutout, cell) pair in order, and
+    ``counts`` (U,) of their occurrences.
+    """
+    B = cells.shape[0]
+    N = int(cells.max()) + 1
+    key = (np.arange(B, dtype=np.int64).reshape((B,) + (1,) * (cells.ndim - 1)) * N + cells).reshape(-1)
+    uniq, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
+    uniq_cutout = uniq // N
+    first = np.searchsorted(uniq, np.arange(B, dtype=np.int64) * N)
+    local = (inv.reshape(cells.shape) - first.reshape((B,) + (1,) * (cells.ndim - 1))).astype(np.int64)
+    return local, uniq % N, uniq_cutout, counts
+
+
+def soft_cutouts(
+    points: np.ndarray,
+    seeds: torch.Tensor,
+    M: torch.Tensor,
+    r: torch.Tensor,
+    candidates: np.ndarray,
+    temperature: float = 1.0,
+    keep: int = 12,
+) -> CutoutBatch:
+    """Truncated soft cutouts (Eq. 11, 16) of one or several tessellations, given each pixel's candidate cells.
+
+    Parameters
+    ----------
+    points : (B, P, d) array
+        Cutout points in px (``P = 1024``, row-major 32 x 32).
+    seeds : (N, d) tensor
+    M : (N, d, d) tensor
+    r : (N,) tensor
+        Cells of all tessellations concatenated (px); differentiable.
+    candidates : (B, P, k) int64 array
+        Indices into the ``N`` cells; the winner must be among them (e.g. the
+        ``k`` lowest exact costs).
+    temperature : float
+        Softmax temperature in px.
+    keep : int
+        Channels kept after sorting by their sums (descending).
+
+    Returns
+    -------
+    CutoutBatch
+        ``images`` (B, 32, 32, keep), differentiable in ``seeds``, ``M``, ``r``;
+        ``visible`` (B,) grains that win a pixel, per px^2.
     """
     B, P, _ = points.shape
-    counts = np.array([len(s) for s in seeds])
-    if counts.min() < 1:
-        raise StereograinError("every cutout needs at least one seed")
-    k = int(min(k, counts.min()))
-    off = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    cand = np.stack([_candidates(points[b], _np(seeds[b]), _np(M[b]), _np(r[b]), k) for b in range(B)])
-    S, Mc, rc = torch.cat(list(seeds)), torch.cat(list(M)), torch.cat(list(r))
-    dev = Mc.device
-    local = torch.as_tensor(cand, device=dev)  # (B, P, k) seed index within its tessellation
-    glob = local + torch.as_tensor(off, device=dev)[:, None, None]
-    x = torch.as_tensor(points.reshape(B * P, -1), dtype=Mc.dtype, device=dev)
-    soft = soft_map(x, S, Mc, rc, temperature, candidates=glob.reshape(B * P, k)).reshape(B, P, k)
-    # channel sums per (cutout, seed); padded to the largest tessellation
-    n_max = int(counts.max())
+    dev = M.device
+    glob = torch.as_tensor(candidates, device=dev)
+    x = torch.as_tensor(points.reshape(B * P, -1), dtype=M.dtype, device=dev)
+    k = candidates.shape[-1]
+    soft = soft_map(x, seeds, M, r, temperature, candidates=glob.reshape(B * P, k)).reshape(B, P, k)
+    local_np, _, uniq_cutout, _ = _segment_ids(candidates)
+    n_max = int(np.bincount(uniq_cutout, minlength=B).max())
+    local = torch.as_tensor(local_np, device=dev)
+    # channel sums per (cutout, cell), cells numbered within their cutout
     sums = torch.zeros(B, n_max, dtype=soft.dtype, device=dev).scatter_add(
         1, local.reshape(B, P * k), soft.detach().reshape(B, P * k)
     )
@@ -334,6 +369,97 @@ def _batch_images(
     w = torch.sort(winners, dim=1).values
     n_vis = 1 + (w[:, 1:] != w[:, :-1]).sum(dim=1)
     return CutoutBatch(img.reshape(B, CUTOUT, CUTOUT, keep), n_vis.to(soft.dtype) / CUTOUT_AREA)
+
+
+def onehot_cutouts(
+    labels: np.ndarray, keep: int = 12, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> CutoutBatch:
+    """Cutouts rounded to one-hot (the discriminator's inputs, Algorithm 2 line 12) from exact labels.
+
+    The rounding ``xi`` of a soft cutout is the one-hot image of its argmax
+    (the exact labelling) wherever some cell holds more than half of a pixel;
+    we take the exact labelling everywhere. Channels are sorted by their
+    pixel counts (descending, ties to the lower cell id) and the ``keep``
+    largest kept, as for soft cutouts.
+
+    Parameters
+    ----------
+    labels : (B, P) int array
+        Exact cell id of every pixel (any non-negative ids; ``P = 1024``).
+    keep : int
+
+    Returns
+    -------
+    CutoutBatch
+        ``images`` (B, 32, 32, keep) of 0/1; ``visible`` (B,) distinct cells per px^2.
+    """
+    lab = np.asarray(labels, dtype=np.int64)
+    if lab.ndim != 2 or lab.shape[1] != CUTOUT * CUTOUT or lab.min() < 0:
+        raise StereograinError(f"labels must be non-negative ids of shape (B, {CUTOUT * CUTOUT}), got {lab.shape}")
+    B = lab.shape[0]
+    local, uniq_cell, uniq_cutout, counts = _segment_ids(lab)
+    # rank of each (cutout, cell) within its cutout: by count descending, then cell id
+    order = np.lexsort((uniq_cell, -counts, uniq_cutout))
+    first = np.searchsorted(uniq_cutout[order], np.arange(B))
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order)) - first[uniq_cutout[order]]
+    slot = np.minimum(rank, keep)[local + np.searchsorted(uniq_cutout, np.arange(B))[:, None]]
+    img = np.zeros((B, CUTOUT * CUTOUT, keep + 1), dtype=np.float32)
+    np.put_along_axis(img, slot[..., None], 1.0, axis=2)
+    visible = np.bincount(uniq_cutout, minlength=B) / CUTOUT_AREA
+    return CutoutBatch(
+        torch.as_tensor(img[..., :keep].reshape(B, CUTOUT, CUTOUT, keep), dtype=dtype, device=device),
+        torch.as_tensor(visible, dtype=dtype, device=device),
+    )
+
+
+def rotated_cutout_points(p: np.ndarray, rotations: np.ndarray) -> np.ndarray:
+    """3D cutouts in planes through the particle centre: ``R_j (x + p_j, y - 16.5, 0)``.
+
+    By the rotation invariance of the model's law (see
+    :mod:`stereograin.grains.generator`), a cutout in the rotated plane has the
+    law of Eq. 16's cutout in ``z = 0``; several cutouts of one realisation
+    in different planes share the cost of drawing it.
+
+    Parameters
+    ----------
+    p : (m,) offsets in px
+    rotations : (m, 3, 3) rotation matrices
+
+    Returns
+    -------
+    (m, 1024, 3) float64 points in px
+    """
+    p = np.asarray(p, dtype=np.float64).reshape(-1)
+    R = np.asarray(rotations, dtype=np.float64)
+    if R.shape != (len(p), 3, 3):
+        raise StereograinError(f"need one (3, 3) rotation per offset, got {R.shape} for {len(p)} offsets")
+    flat = np.stack([cutout_points_3d(pj) for pj in p])  # (m, P, 3)
+    return np.einsum("mij,mpj->mpi", R, flat)
+
+
+def _batch_images(
+    points: np.ndarray,
+    seeds: Sequence[torch.Tensor],
+    M: Sequence[torch.Tensor],
+    r: Sequence[torch.Tensor],
+    temperature: float,
+    k: int,
+    keep: int,
+) -> CutoutBatch:
+    """Truncated soft cutouts of ``B`` independent tessellations in one soft-map call.
+
+    ``points`` (B, P, d); the b-th tessellation is ``(seeds[b], M[b], r[b])``.
+    """
+    B = points.shape[0]
+    counts = np.array([len(s) for s in seeds])
+    if counts.min() < 1:
+        raise StereograinError("every cutout needs at least one seed")
+    k = int(min(k, counts.min()))
+    off = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    cand = np.stack([_candidates(points[b], _np(seeds[b]), _np(M[b]), _np(r[b]), k) for b in range(B)])
+    glob = cand + off[:, None, None]
+    return soft_cutouts(points, torch.cat(list(seeds)), torch.cat(list(M)), torch.cat(list(r)), glob, temperature, keep)
 
 
 def t3d_batch(
