@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -18,6 +19,8 @@ from stereograin.fit2d import (
     _pixel_points,
     fit_section,
     plot_fit,
+    _rle,
+    _unrle,
     read_sections,
     synthetic_section_map,
     write_sections,
@@ -62,8 +65,9 @@ def test_fit_reaches_agreement_and_exact_labels(section, fitted):
     assert np.mean(fitted.grain_labels[cells] == labels[indexed]) == pytest.approx(fitted.pixel_agreement, abs=1e-4)
     image = fitted.label_image()
     assert image.shape == labels.shape
-    all_cells = fitted.gbpd().label_points_bruteforce(_pixel_points(np.ones(labels.shape, bool), origin)) - 1
-    assert np.mean(image.ravel() == fitted.grain_labels[all_cells]) > 0.9999
+    inside = fitted.mask  # the particle: outside it the image is 0
+    all_cells = fitted.gbpd().label_points_bruteforce(_pixel_points(inside, origin)) - 1
+    assert np.mean(image[inside] == fitted.grain_labels[all_cells]) > 0.9999
     np.testing.assert_array_equal(np.sort(fitted.grain_labels), np.unique(labels[indexed]))
     np.testing.assert_array_equal(fitted.origin, origin)
     assert fitted.shape == labels.shape and fitted.step_nm == 50.0 and fitted.file == "synthetic.ctf"
@@ -146,8 +150,9 @@ def test_candidates_hold_the_measured_cell_first_and_are_distinct(section):
 
 def test_dict_and_file_round_trip(tmp_path, fitted):
     again = FittedSection.from_dict(json.loads(json.dumps(fitted.to_dict())))
-    for name in ("origin", "seeds", "D", "r", "grain_labels"):
+    for name in ("origin", "seeds", "D", "r", "grain_labels", "mask"):
         np.testing.assert_array_equal(getattr(again, name), getattr(fitted, name))
+    assert again.central is None and dataclasses.replace(fitted, central=True).to_dict()["central"] is True
     assert (again.file, again.step_nm, again.shape, again.pixel_agreement) == (
         fitted.file, fitted.step_nm, fitted.shape, fitted.pixel_agreement,
     )
@@ -164,6 +169,18 @@ def test_dict_and_file_round_trip(tmp_path, fitted):
     np.testing.assert_array_equal(back[0].seeds, fitted.seeds)
     np.testing.assert_array_equal(back[1].r, fitted.augment(0).r)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_mask_is_the_particle_and_bounds_the_label_image(section, fitted):
+    labels, _, _ = section
+    mask = fitted.mask
+    assert mask is not None and mask.shape == labels.shape
+    assert mask[labels > 0].all() and not mask.all()  # every grain pixel; not the corners
+    img = fitted.label_image()
+    assert np.all(img[~mask] == 0) and np.all(img[mask] > 0)
+    for m in (np.zeros((3, 4), bool), np.ones((3, 4), bool), np.eye(3, 4, dtype=bool)):
+        np.testing.assert_array_equal(_unrle(_rle(m), m.shape), m)
+    _one_line_error(_unrle, [5, 2], (3, 4), match="does not cover")
 
 
 def test_malformed_files_and_dicts_give_one_line_errors(tmp_path, fitted):

@@ -24,7 +24,7 @@ from stereograin.sections import (
     read_section,
     section_descriptors,
 )
-from stereograin.sections_synth import _label_pruned, cut_section, radial_ball, synthetic_sections
+from stereograin.sections_synth import _label_pruned, cut_section, nmc_like_sections, radial_ball, synthetic_sections
 from stereograin.tessellation import plane_points
 
 
@@ -394,3 +394,19 @@ def test_alpha_kde_plot(tmp_path: Path, radial_sections) -> None:
     plot_alpha_kde(descs, verdicts, out, names=[gm.source for gm in radial_sections])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "PNG" in _one_line_error(plot_alpha_kde, descs, verdicts, tmp_path / "kde.pdf")
+
+
+def test_nmc_like_sections_are_central_with_ebsd_like_gaps() -> None:
+    maps = nmc_like_sections(2, rng=4, radius_px=(40.0, 45.0), pores=2)
+    again = nmc_like_sections(2, rng=4, radius_px=(40.0, 45.0), pores=2)
+    for g, h in zip(maps, again):
+        np.testing.assert_array_equal(g.labels, h.labels)  # seeded
+        assert g.step_nm == 50.0 and g.n_grains > 40
+        assert 0.04 < g.unindexed_fraction < 0.3  # boundary pixels, speckles, pores
+        counts = np.bincount(g.labels.ravel())[1:]
+        assert counts.min() >= 5  # tiny grains were unindexed
+        assert central_section_test(g).central
+    with pytest.raises(StereograinError, match="positive integer"):
+        nmc_like_sections(0)
+    with pytest.raises(StereograinError, match="probabilities"):
+        nmc_like_sections(1, boundary_unindexed=1.5)

@@ -131,6 +131,10 @@ class FittedSection:
     central : bool or None
         Verdict of the central-section test on the map (``None``: not tested).
         The GAN trains only on sections that are not known to be off-centre.
+    mask : (H, W) bool or None
+        The particle's pixels in the map (indexed grains and the unindexed
+        pixels inside the particle); ``None``: the whole map. Stored as run
+        lengths in the sections file.
     """
 
     file: str
@@ -143,6 +147,7 @@ class FittedSection:
     pixel_agreement: float
     shape: tuple[int, int]
     central: bool | None = None
+    mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.file, str):
@@ -175,6 +180,13 @@ class FittedSection:
             raise StereograinError(f"central must be true, false or null, got {self.central!r}")
         if self.central is not None:
             object.__setattr__(self, "central", bool(self.central))
+        if self.mask is not None:
+            mask = np.asarray(self.mask)
+            if mask.shape != tuple(int(v) for v in shape) or mask.dtype != bool:
+                raise StereograinError(f"mask must be a boolean image of shape {tuple(shape)}, got {mask.dtype} {mask.shape}")
+            mask = mask.copy()
+            mask.setflags(write=False)
+            object.__setattr__(self, "mask", mask)
         for name, value in (
             ("step_nm", step),
             ("origin", origin),
@@ -207,13 +219,17 @@ class FittedSection:
     def label_image(self) -> np.ndarray:
         """Exact fitted labels on the map's grid, ``(H, W)`` int64 of measured grain labels.
 
-        Every pixel (unindexed ones too) gets the measured label of the cell it
-        falls in: this is the paper's prescription for missing pixels.
+        Every pixel of the particle (unindexed ones too) gets the measured
+        label of the cell it falls in: this is the paper's prescription for
+        missing pixels. Pixels outside ``mask`` (when known) are 0.
         """
         H, W = self.shape
-        pts = _pixel_points(np.ones((H, W), bool), self.origin)
-        cell = _exact_cells(pts, self.seeds, self.D, self.r)
-        return self.grain_labels[cell].reshape(H, W)
+        inside = np.ones((H, W), bool) if self.mask is None else self.mask
+        out = np.zeros((H, W), np.int64)
+        if inside.any():
+            cell = _exact_cells(_pixel_points(inside, self.origin), self.seeds, self.D, self.r)
+            out[inside] = self.grain_labels[cell]
+        return out
 
     def augment(
         self, rng: np.random.Generator | int | None = None, low: float = 0.8, high: float = 1.2
@@ -236,7 +252,7 @@ class FittedSection:
         fr = rng.uniform(low, high, size=self.r.shape)
         return FittedSection(
             self.file, self.step_nm, self.origin, self.seeds, self.D * fD, self.r * fr,
-            self.grain_labels, self.pixel_agreement, self.shape, self.central,
+            self.grain_labels, self.pixel_agreement, self.shape, self.central, self.mask,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,6 +268,7 @@ class FittedSection:
             "D": self.D.tolist(),
             "r": self.r.tolist(),
             "central": self.central,
+            "mask_rle": None if self.mask is None else _rle(self.mask),
         }
 
     @classmethod
@@ -275,9 +292,35 @@ class FittedSection:
                 pixel_agreement=d["pixel_agreement"],
                 shape=d["shape"],
                 central=d.get("central"),
+                mask=None if d.get("mask_rle") is None else _unrle(d["mask_rle"], d["shape"]),
             )
         except StereograinError as exc:
             raise StereograinError(f"{where}: {exc}") from None
+
+
+def _rle(mask: np.ndarray) -> list[int]:
+    """Run lengths of a boolean image in row-major order, starting with a run of False (may be 0)."""
+    flat = np.asarray(mask, bool).reshape(-1)
+    edges = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    bounds = np.concatenate([[0], edges, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat.size and flat[0] else runs
+
+
+def _unrle(runs: Any, shape: Any) -> np.ndarray:
+    """Inverse of :func:`_rle`."""
+    try:
+        H, W = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise StereograinError(f"shape must be two positive integers (H, W), got {shape!r}") from None
+    try:
+        r = np.asarray(runs, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise StereograinError("mask_rle must be a list of run lengths") from None
+    if np.any(r < 0) or r.sum() != H * W:
+        raise StereograinError(f"mask_rle does not cover the {H} x {W} map; the sections file is corrupt")
+    values = (np.arange(len(r)) % 2).astype(bool)
+    return np.repeat(values, r).reshape(H, W)
 
 
 def _is_int(v: Any) -> bool:
@@ -674,7 +717,11 @@ def fit_section(
     D = _markers(logd)[0]
     D, r = _to_generator_range(D, r)
     agreement = float(np.mean(_exact_cells(points, seeds, D, r) == target))
-    return FittedSection(file, step, o, seeds, D, r, grains.astype(np.int64), agreement, lab.shape)
+    from .sections import particle_mask
+
+    return FittedSection(
+        file, step, o, seeds, D, r, grains.astype(np.int64), agreement, lab.shape, mask=particle_mask(lab)
+    )
 
 
 def _to_generator_range(D: np.ndarray, r: np.ndarray, min_scale: float = 0.5) -> tuple[np.ndarray, np.ndarray]:

@@ -267,7 +267,7 @@ def plot_alpha_by_height(
 
 def plot_grain_statistics_3d(
     stats_a: Mapping[str, np.ndarray],
-    stats_b: Mapping[str, np.ndarray],
+    stats_b: Mapping[str, np.ndarray] | None,
     labels: Sequence[str],
     path: str | os.PathLike,
     *,
@@ -281,9 +281,10 @@ def plot_grain_statistics_3d(
     ----------
     stats_a, stats_b : dict
         :func:`stereograin.grains.validation.grain_statistics_3d` output;
-        ``stats_a`` blue, ``stats_b`` orange.
+        ``stats_a`` blue, ``stats_b`` orange; ``stats_b=None`` shows
+        ``stats_a`` alone (e.g. a model with no 3D ground truth).
     labels : (str, str)
-        Their legend names.
+        Their legend names (the second is ignored without ``stats_b``).
     path : path-like, ``.png``
     comparison : dict, optional
         :func:`stereograin.grains.validation.compare_grains_3d` output; computed
@@ -294,6 +295,9 @@ def plot_grain_statistics_3d(
     path = _check_path(path)
     labels = _check_labels(labels)
     _check_stats(stats_a, GRAIN_DESCRIPTORS, "stats_a")
+    if stats_b is None:
+        stats_b = {name: np.empty(0) for name in GRAIN_DESCRIPTORS}
+        comparison = {}
     _check_stats(stats_b, GRAIN_DESCRIPTORS, "stats_b")
     if not isinstance(bins, (int, np.integer)) or bins < 1:
         raise StereograinError(f"bins must be a positive integer, got {bins!r}")
