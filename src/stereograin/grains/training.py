@@ -84,7 +84,7 @@ from .generator import MarkerNet, metrics, neighbour_features
 from .model import GrainModel
 from .seeds import CUTOUT, MU_1, P_MAX, WINDOW_HALF, poisson_seeds
 
-__all__ = ["TrainConfig", "train", "usable_sections", "CHECKPOINT_FORMAT"]
+__all__ = ["TrainConfig", "train", "train_step", "usable_sections", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "stereograin.grain-checkpoint"
 LOG_COLUMNS = ("epoch", "loss_g", "loss_d", "d_update_fraction", "mu", "ng_gt", "ng_gen", "seconds")
@@ -417,6 +417,49 @@ def _clip_and_step(params, opt: torch.optim.Optimizer, clip: float) -> None:
     opt.step()
 
 
+def train_step(
+    G: MarkerNet,
+    D: Discriminator,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    sections: Sequence[FittedSection],
+    cfg: TrainConfig,
+    mu: float,
+    rng: np.random.Generator,
+) -> tuple[float, float, bool, float, float]:
+    """One generator and one discriminator step (module notes).
+
+    Returns
+    -------
+    loss_g, loss_d : float
+    d_updated : bool
+        Whether the discriminator took its Adam step (loss above ``d_skip``).
+    ng_gt, ng_gen : float
+        Mean visible grains per px^2 of the data and model cutouts of the discriminator step.
+    """
+    # --- generator step (D in eval mode: its running batch-norm statistics)
+    G.train()
+    D.eval()
+    fake = _fake_soft(G, cfg, mu, cfg.batch_g, rng)
+    score = D(fake.images.permute(0, 3, 1, 2))
+    loss_g = -(score**2).mean() if cfg.objective == "literal" else ((score - 1.0) ** 2).mean()
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    _clip_and_step(G.parameters(), opt_g, cfg.grad_clip)
+    # --- discriminator step on one-hot cutouts, real and fresh fakes in one batch
+    real = _real_onehot(sections, cfg, cfg.batch_d, rng)
+    fake_d = _fake_onehot(G, cfg, mu, cfg.batch_d, rng)
+    D.train()
+    out_d = D(torch.cat([real.images, fake_d.images]).permute(0, 3, 1, 2))
+    loss_d = ((out_d[: cfg.batch_d] - 1.0) ** 2).mean() + (out_d[cfg.batch_d :] ** 2).mean()
+    updated = float(loss_d.item()) > cfg.d_skip
+    opt_d.zero_grad(set_to_none=True)
+    if updated:
+        loss_d.backward()
+        _clip_and_step(D.parameters(), opt_d, cfg.grad_clip)
+    return float(loss_g.item()), float(loss_d.item()), updated, float(real.visible.mean()), float(fake_d.visible.mean())
+
+
 def train(
     sections: Sequence[FittedSection],
     out: str | Path,
@@ -484,32 +527,13 @@ def train(
             sums = np.zeros(3)
             ng_gt = ng_gen = 0.0
             for step in range(cfg.steps):
-                # --- generator step (D in eval mode: its running batch-norm statistics)
-                G.train()
-                D.eval()
-                fake = _fake_soft(G, cfg, mu, cfg.batch_g, rng)
-                score = D(fake.images.permute(0, 3, 1, 2))
-                loss_g = -(score**2).mean() if cfg.objective == "literal" else ((score - 1.0) ** 2).mean()
-                opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                _clip_and_step(G.parameters(), opt_g, cfg.grad_clip)
-                # --- discriminator step on one-hot cutouts, real and fresh fakes in one batch
-                real = _real_onehot(secs, cfg, cfg.batch_d, rng)
-                fake_d = _fake_onehot(G, cfg, mu, cfg.batch_d, rng)
-                D.train()
-                out_d = D(torch.cat([real.images, fake_d.images]).permute(0, 3, 1, 2))
-                loss_d = ((out_d[: cfg.batch_d] - 1.0) ** 2).mean() + (out_d[cfg.batch_d :] ** 2).mean()
-                updated = float(loss_d.item()) > cfg.d_skip
-                opt_d.zero_grad(set_to_none=True)
-                if updated:
-                    loss_d.backward()
-                    _clip_and_step(D.parameters(), opt_d, cfg.grad_clip)
-                sums += (float(loss_g.item()), float(loss_d.item()), float(updated))
-                ng_gt += float(real.visible.mean())
-                ng_gen += float(fake_d.visible.mean())
+                loss_g, loss_d, updated, real_vis, fake_vis = train_step(G, D, opt_g, opt_d, secs, cfg, mu, rng)
+                sums += (loss_g, loss_d, float(updated))
+                ng_gt += real_vis
+                ng_gen += fake_vis
                 bar.update(1)
                 bar.set_postfix_str(
-                    f"epoch {epoch + 1}/{cfg.epochs} G {loss_g.item():.3f} D {loss_d.item():.3f} mu {mu:.5f}", refresh=False
+                    f"epoch {epoch + 1}/{cfg.epochs} G {loss_g:.3f} D {loss_d:.3f} mu {mu:.5f}", refresh=False
                 )
                 if on_step is not None:
                     on_step(epoch, step)
