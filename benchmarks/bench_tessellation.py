@@ -2,6 +2,7 @@
 
     python benchmarks/bench_tessellation.py           # 256^3 grid, 20,000 seeds (a few minutes at most)
     python benchmarks/bench_tessellation.py --quick   # 128^3 grid, 2,500 seeds (same seed density)
+    python benchmarks/bench_tessellation.py --label-only   # only the exact-labelling figures
 
 Diagram: a restricted GBPD (Eq. 12) with seeds uniform in the grid's box
 (frames relative to the box centre), diagonal markers D uniform in (1, 50)
@@ -142,6 +143,7 @@ def bench_fit2d(quick: bool) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="128^3 grid and 2,500 seeds (seconds)")
+    ap.add_argument("--label-only", action="store_true", help="only the exact-labelling figures (no soft map, no 2D fit)")
     args = ap.parse_args()
     size, n = (128, 2500) if args.quick else (256, 20000)
     repeats = 3 if args.quick else 5
@@ -157,6 +159,9 @@ def main() -> None:
     print(f"exact labelling: {size}^3 grid and a 1024^2 section, {n} seeds (best of {repeats}) ...", flush=True)
     figures.update(bench_labelling(size, n, repeats))
     print(f"  {figures['label_voxels_per_s'] / 1e6:.1f} M voxels/s, section {figures['section_pixels_per_s'] / 1e6:.1f} M pixels/s", flush=True)
+    if args.label_only:
+        print_figures(figures)
+        return
     print("soft map: 64 cutouts of 32 x 32 px, float32, 16 candidates per pixel ...", flush=True)
     figures.update(bench_softmap(repeats))
     print(f"  {figures['softmap_step_ms']:.1f} ms per forward + backward", flush=True)

@@ -116,6 +116,67 @@ def test_label_plane_and_points_3d_equal_bruteforce():
         np.testing.assert_array_equal(g.label_points(pts), g.label_points_bruteforce(pts))
 
 
+@pytest.mark.parametrize("screen", [True, False], ids=["float32-screen", "float64"])
+def test_float32_screen_and_float64_leaves_agree(screen, monkeypatch):
+    # the float32 leaf screen (with its float64 near-tie fallback) and the all-float64 leaf path
+    monkeypatch.setattr(tess, "_F32_SCREEN", screen)
+    rng = np.random.default_rng(11)
+    g = random_gbpd(rng, 200, 3, 40.0, (0.01, 50.0))  # condition numbers up to 5000
+    shape = (20, 24, 40)
+    lab = g.label_grid(shape, origin=(0.3, -0.2, 0.1), spacing=1.05)
+    np.testing.assert_array_equal(lab.ravel(), g.label_points_bruteforce(grid_points(shape, (0.3, -0.2, 0.1), 1.05)))
+    u, v = random_frame(rng)
+    origin = np.full(3, 20.0) - 25 * u - 25 * v
+    sec = g.label_plane(origin, u, v, (50, 60), spacing=0.85)
+    np.testing.assert_array_equal(sec.ravel(), g.label_points_bruteforce(plane_points(origin, u, v, (50, 60), 0.85)))
+    g2 = random_gbpd(rng, 150, 2, 100.0, (0.01, 50.0))
+    lab2 = g2.label_grid((70, 90), origin=(1.0, -2.0), spacing=1.1)
+    np.testing.assert_array_equal(lab2.ravel(), g2.label_points_bruteforce(grid_points((70, 90), (1.0, -2.0), 1.1)))
+
+
+def test_many_cells_equal_bruteforce():
+    # > 4096 cells: the per-cell tables are built on several threads
+    rng = np.random.default_rng(14)
+    g = random_gbpd(rng, 5000, 3, 60.0, (0.05, 50.0))
+    shape = (12, 16, 20)
+    origin = np.array([20.0, 18.0, 25.0])
+    lab = g.label_grid(shape, origin, 0.9)
+    np.testing.assert_array_equal(lab.ravel(), g.label_points_bruteforce(grid_points(shape, origin, 0.9)))
+
+
+def test_near_ties_below_float32_resolution_are_exact():
+    # every cell twice, the copy's offset larger by 1e-9 (or its seed moved by 1e-7): the float32
+    # values of a pair agree, so every site is a near tie that only the float64 fallback decides
+    rng = np.random.default_rng(12)
+    g = random_gbpd(rng, 40, 3, 20.0, (0.05, 50.0))
+    seeds = np.concatenate([g.seeds, g.seeds + rng.choice([0.0, 1e-7], (40, 1)) * rng.normal(size=(40, 3))])
+    r = np.concatenate([g.offsets, g.offsets + rng.choice([0.0, 1e-9, -1e-9], 40)])
+    dup = GBPD(seeds, np.concatenate([g.metrics, g.metrics]), r)
+    shape = (20, 20, 20)
+    lab = dup.label_grid(shape)
+    ref = dup.label_points_bruteforce(grid_points(shape)).reshape(shape)
+    np.testing.assert_array_equal(lab, ref)
+    assert np.any(lab > 40) and np.any(lab <= 40)  # both copies win somewhere
+    u, v = random_frame(rng)
+    origin = np.full(3, 10.0) - 12 * u - 12 * v
+    sec = dup.label_plane(origin, u, v, (40, 40), spacing=0.6)
+    np.testing.assert_array_equal(sec.ravel(), dup.label_points_bruteforce(plane_points(origin, u, v, (40, 40), 0.6)))
+
+
+@pytest.mark.parametrize("scale", [1e5, 1e17], ids=["far", "float32-overflow"])
+def test_large_coordinates(scale):
+    # far from the origin float32 keeps few digits of q (wide error bounds, more float64 sites);
+    # at 1e17 the float32 terms could overflow and the leaves are evaluated in float64
+    rng = np.random.default_rng(13)
+    spacing = 1.0 if scale < 1e10 else scale / 1e3  # 1e17: |x - s|_M^2 up to ~1e32, beyond the float32 limit 1e30
+    g = random_gbpd(rng, 80, 3, 16.0 * spacing, (0.1, 50.0))
+    g = GBPD(g.seeds + scale, g.metrics, g.offsets * spacing)
+    shape = (12, 16, 16)
+    origin = np.full(3, scale)
+    lab = g.label_grid(shape, origin, spacing)
+    np.testing.assert_array_equal(lab.ravel(), g.label_points_bruteforce(grid_points(shape, origin, spacing)))
+
+
 def test_ties_go_to_the_lowest_index():
     # duplicated cells: identical values everywhere, the first copy must win
     rng = np.random.default_rng(5)

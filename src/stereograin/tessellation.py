@@ -176,7 +176,7 @@ def plane_points(
 # label are a *lattice* ``x(i, j, k) = o + i A[0] + j A[1] + k A[2]`` (a grid,
 # a plane section, or the centres of the point buckets of ``label_points``).
 # Blocks are boxes of lattice indices, split into 8 (or 4 in a 2D index space)
-# children level by level down to leaves of 64 lattice sites.
+# children level by level down to leaves of 4 x 4 x 4 (or 16 x 16) lattice sites.
 #
 # Safety of the pruning (why a cell that is dropped can never win). Let B be a
 # block with world centre c, and write x = c + u for x in B, u in the box
@@ -187,31 +187,38 @@ def plane_points(
 # so for every x in B (|.| the M_j norm, a norm since M_j is SPD):
 #   |x - s_j| >= max(sqrt(q) - R_j, sqrt(max(q - 2L, 0)))   =: lo_j
 #   |x - s_j| <= min(sqrt(q) + R_j, sqrt(q + 2L + R_j^2))   =: up_j
-# (triangle inequality, and u^T M u in [0, R_j^2]). U = min_j (up_j - r_j)
+# (triangle inequality, and u^T M u in [0, R_j^2]; as L <= sqrt(q) R_j the
+# second term is always the smaller one). U = min_j (up_j - r_j)
 # bounds min_i f_i(x) from above at every x in B, and cell j can only win at x
 # if f_j(x) <= min_i f_i(x) <= U, which needs lo_j - r_j <= U. Cells with
 # lo_j - r_j > U are dropped; by induction the survivors of every block contain
 # all cells that win anywhere in it (ties included: "<=" keeps them). Each
-# bound carries a slack of 1e-8 of its scale, far above rounding error. At a
-# leaf the candidates are evaluated in increasing lo_j; once lo_j - r_j exceeds
-# the largest current best value over the leaf, no later candidate can win.
-# Nothing depends on a fixed candidate count, so very anisotropic markers only
-# make the lists longer.
+# bound carries a slack of 1e-8 of its scale, far above rounding error; the
+# test lo_j - r_j <= U is done in squared form (no square root, _block_keep).
+# At a leaf the candidates are evaluated in increasing lo_j; once lo_j - r_j
+# exceeds the largest current best value over the leaf (plus the float32 error
+# bound below), no later candidate can win. Nothing depends on a fixed candidate
+# count, so very anisotropic markers only make the lists longer.
 #
 # Exactness: the leaf evaluates q(x) through the expansion above (a quadratic
-# in the lattice offsets) in float64; it can differ from the brute force only
-# when two cells' values agree to ~1e-12, which random diagrams do not produce.
-# Identical cells (same seed and marker) give identical values, and ties go to
-# the lowest index as in ``label_points_bruteforce``.
+# in the lattice offsets). A float32 pass (8 sites per AVX2 instruction) keeps
+# each site's best and second-best value; every float32 value is within a
+# proven bound e of the real one (``_lower``), so a site whose two best values
+# differ by more than 2 max e has its winner decided exactly. The remaining
+# near-tie sites (about 1e-3 of them) are evaluated again in float64
+# (``_site_exact``), which can differ from the brute force only when two cells'
+# values agree to ~1e-12, which random diagrams do not produce. Identical cells
+# (same seed and marker) give identical values, and ties go to the lowest index
+# as in ``label_points_bruteforce``.
 # ---------------------------------------------------------------------------
 
 _FM = {"contract"}  # fused multiply-adds only: no reassociation, results are deterministic
-_NF = 11  # gathered fields per candidate: sx sy sz m00 m01 m02 m11 m12 m22 r R(child level)
+_NF = 18  # gathered fields per candidate: sx sy sz m00 m01 m02 m11 m12 m22 r R(child level) G (6, as Gl) C (see _lower)
 _NO_LABEL = 0x7FFFFFFF
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather(ids, off, n, S, Mu, r, Rl, soa):  # pragma: no cover - compiled
+def _gather(ids, off, n, S, Mu, r, Rl, Gl, soa):  # pragma: no cover - compiled
     """Fields of cells ``ids[off:off + n]`` into ``soa[:, :n]`` (see ``_NF``)."""
     for t in range(n):
         j = ids[off + t]
@@ -222,28 +229,56 @@ def _gather(ids, off, n, S, Mu, r, Rl, soa):  # pragma: no cover - compiled
             soa[3 + f, t] = Mu[j, f]
         soa[9, t] = r[j]
         soa[10, t] = Rl[j]
+        for f in range(7):
+            soa[11 + f, t] = Gl[j, f]
+
+
+@numba.njit(cache=True, nogil=True)
+def _vmin(a, n):  # pragma: no cover - compiled
+    """Smallest of ``a[:n]`` (4 independent chains: one chain is latency-bound)."""
+    m0 = m1 = m2 = m3 = np.inf
+    t = 0
+    while t + 4 <= n:
+        m0 = min(m0, a[t])
+        m1 = min(m1, a[t + 1])
+        m2 = min(m2, a[t + 2])
+        m3 = min(m3, a[t + 3])
+        t += 4
+    while t < n:
+        m0 = min(m0, a[t])
+        t += 1
+    return min(min(m0, m1), min(m2, m3))
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FM)
-def _block_bounds(soa, n, cx, cy, cz, hx, hy, hz, A, low, hi, qc, p):  # pragma: no cover - compiled
-    """Bounds ``lo_j - r_j - slack`` and ``up_j - r_j + slack`` of every gathered cell on a block.
+def _block_keep(soa, lev, n, cx, cy, cz, hx, hy, hz, A, qc, lin, sl, hi, keep):  # pragma: no cover - compiled
+    """Positions ``t`` (increasing) of the gathered cells that may win somewhere in a block; returns their count.
 
-    Also stores ``q`` and ``p`` (see the safety comment) for the leaf polynomial.
-    A contiguous loop over gathered fields, so that LLVM vectorises it.
+    Pass 1 (one contiguous loop, vectorised): ``q`` and ``L`` at the block
+    centre and ``hi_t = up_t - r_t + slack_t`` with one square root per cell;
+    ``U = min hi``. Pass 2 keeps ``t`` if ``lo_t - r_t - slack_t <= U`` in a
+    squared form that needs no square root. ``q``, ``L`` and the slack stay in
+    ``qc``, ``lin``, ``sl`` for :func:`_lower`. (A loop that writes more than
+    about 6 arrays is not vectorised at all: LLVM's runtime alias checks exceed
+    their budget; so ``p`` is left to :func:`_lower`.)
     """
     a00, a01, a02 = A[0, 0], A[0, 1], A[0, 2]
     a10, a11, a12 = A[1, 0], A[1, 1], A[1, 2]
     a20, a21, a22 = A[2, 0], A[2, 1], A[2, 2]
-    for t in range(n):
-        dx = cx - soa[0, t]
-        dy = cy - soa[1, t]
-        dz = cz - soa[2, t]
-        m00 = soa[3, t]
-        m01 = soa[4, t]
-        m02 = soa[5, t]
-        m11 = soa[6, t]
-        m12 = soa[7, t]
-        m22 = soa[8, t]
+    # The vector loops run to a multiple of 16 (LLVM's vectorised body) so that no scalar
+    # remainder loop is left; the padding columns of the scratch hold finite stale values whose
+    # results are never read (U and the kept list only look at t < n).
+    npad = (n + 15) & -16
+    for t in range(npad):
+        dx = cx - soa[lev, 0, t]
+        dy = cy - soa[lev, 1, t]
+        dz = cz - soa[lev, 2, t]
+        m00 = soa[lev, 3, t]
+        m01 = soa[lev, 4, t]
+        m02 = soa[lev, 5, t]
+        m11 = soa[lev, 6, t]
+        m12 = soa[lev, 7, t]
+        m22 = soa[lev, 8, t]
         wx = m00 * dx + m01 * dy + m02 * dz
         wy = m01 * dx + m11 * dy + m12 * dz
         wz = m02 * dx + m12 * dy + m22 * dz
@@ -252,45 +287,107 @@ def _block_bounds(soa, n, cx, cy, cz, hx, hy, hz, A, low, hi, qc, p):  # pragma:
         p0 = a00 * wx + a01 * wy + a02 * wz
         p1 = a10 * wx + a11 * wy + a12 * wz
         p2 = a20 * wx + a21 * wy + a22 * wz
-        lin = hx * abs(p0) + hy * abs(p1) + hz * abs(p2)
-        g = np.sqrt(q)
-        rj = soa[9, t]
-        Rj = soa[10, t]
-        l2 = q - 2.0 * lin
-        l2 = l2 if l2 > 0.0 else 0.0
-        lo = max(g - Rj, np.sqrt(l2))
-        up = min(g + Rj, np.sqrt(q + 2.0 * lin + Rj * Rj))
-        slack = 1e-8 * (g + Rj + abs(rj) + 1.0)
-        low[t] = lo - rj - slack
-        hi[t] = up - rj + slack
+        L = hx * abs(p0) + hy * abs(p1) + hz * abs(p2)
+        Rj = soa[lev, 10, t]
+        rj = soa[lev, 9, t]
+        # up = sqrt(q + 2L + R^2) >= |x - s_j| on the block (engine notes). It is also <= sqrt(q) + R
+        # (L <= sqrt(q) R by Cauchy-Schwarz in the M_j inner product), so the notes' min with
+        # sqrt(q) + R is not needed. The slack (>= the notes' 1e-8 (sqrt(q) + R + |r| + 1)) covers
+        # the rounding of this whole pass (~1e-13 relative even for condition numbers ~1e4).
+        up = np.sqrt(q + 2.0 * L + Rj * Rj)
+        s_ = 1e-8 * (up + Rj + abs(rj) + 1.0)
+        hi[t] = up - rj + s_
+        sl[t] = s_
         qc[t] = q
-        p[0, t] = p0
-        p[1, t] = p1
-        p[2, t] = p2
-
-
-@numba.njit(cache=True, nogil=True)
-def _select(low, hi, n, keep):  # pragma: no cover - compiled
-    """Positions ``t`` with ``low[t] <= min(hi)``, in increasing order; returns their count."""
-    U = np.inf
-    for t in range(n):
-        U = min(U, hi[t])
+        lin[t] = L
+    U = _vmin(hi, n)
+    for t in range(npad):
+        # lo_t - r_t - slack_t <= U  <=>  lo_t <= tau := U + r_t + slack_t, and lo_t is the max of
+        # sqrt(q) - R and sqrt(max(q - 2L, 0)) (notes), both compared without square roots:
+        #   sqrt(max(q - 2L, 0)) <= tau  <=>  tau >= 0 and q - 2L <= tau^2
+        #   sqrt(q) - R <= tau           <=>  q <= (tau + R)^2          (given tau >= 0, R >= 0)
+        # Squaring changes the rounding by ~1e-16 relative, far below the slack: every cell that
+        # the square-root form keeps is kept here too (the slack only ever keeps more).
+        tau = U + soa[lev, 9, t] + sl[t]
+        tr = tau + soa[lev, 10, t]
+        q = qc[t]
+        hi[t] = 1.0 if (tau >= 0.0) & (q - 2.0 * lin[t] <= tau * tau) & (q <= tr * tr) else 0.0
     m = 0
     for t in range(n):
         keep[m] = t
-        m += low[t] <= U
+        m += hi[t] != 0.0
     return m
 
 
 @numba.njit(cache=True, nogil=True)
-def _take(soa, ids, keep, m, Rnext, soa_out, ids_out):  # pragma: no cover - compiled
+def _lower(soa, lev, keep, m, cx, cy, cz, A, qc, p, lin, sl, low, err):  # pragma: no cover - compiled
+    """For the kept positions ``t = keep[:m]`` of a leaf (centre ``c``): ``low[t]``, ``p[:, t]`` and ``err[t]``.
+
+    ``low[t] = lo_t - r_t - slack_t`` (engine notes) bounds f_t from below on the
+    leaf; ``p[k, t] = A[k] . M_t (c - s_t)``, as in :func:`_block_keep`.
+    ``err[t]`` bounds |f~ - f| for the float32 value f~ that
+    :func:`_leaf_lattice` computes at any site of the leaf (inf: float32 could
+    overflow, use float64). Why it is safe: q = q0 + sum_k coef_k T[k, v] is
+    evaluated from coefficients rounded to float32 (T is exact in float32: small
+    multiples of 1/4) as a sum of 10 terms; any evaluation order, with or without
+    fused multiply-adds, rounds each term at most 11 times (coefficient, product,
+    9 sums) by a factor (1 + d), |d| <= u = 2^-24, so |q~ - q| <= 11.01 u S with
+    S = sum_k |coef_k| max_v |T[k, v]| >= the sum of |terms| (Higham's gamma_n).
+    E = 20 u S leaves room for the float64 errors of q0, p, G (~1e-13 S); + 1e-37
+    covers float32 underflow. The square root: |sqrt(a) - sqrt(b)| = |a - b| /
+    (sqrt(a) + sqrt(b)) <= min(sqrt(E), E / sqrt(q)) and sqrt(q) >= lo_t on the
+    leaf, so that error is <= E / max(lo_t, sqrt(E)). Rounding the square root, r
+    and the difference adds <= u (sqrt(q~) + 2 |r| + |f~|) <= 2 u (1 + u)
+    (sqrt(S) + sqrt(E) + |r|), as q~ <= S + E. ``err`` doubles the sum and adds
+    1e-12 of the scale, so that a site decided in float32 has a real gap above
+    the brute force's own float64 rounding too.
+    """
     for u in range(m):
         t = keep[u]
-        j = ids[t]
-        ids_out[u] = j
+        dx = cx - soa[lev, 0, t]
+        dy = cy - soa[lev, 1, t]
+        dz = cz - soa[lev, 2, t]
+        wx = soa[lev, 3, t] * dx + soa[lev, 4, t] * dy + soa[lev, 5, t] * dz
+        wy = soa[lev, 4, t] * dx + soa[lev, 6, t] * dy + soa[lev, 7, t] * dz
+        wz = soa[lev, 5, t] * dx + soa[lev, 7, t] * dy + soa[lev, 8, t] * dz
+        p0 = A[0, 0] * wx + A[0, 1] * wy + A[0, 2] * wz
+        p1 = A[1, 0] * wx + A[1, 1] * wy + A[1, 2] * wz
+        p2 = A[2, 0] * wx + A[2, 1] * wy + A[2, 2] * wz
+        p[0, t] = p0
+        p[1, t] = p1
+        p[2, t] = p2
+        q = qc[t]
+        l2 = q - 2.0 * lin[t]
+        l2 = l2 if l2 > 0.0 else 0.0
+        Rt = soa[lev, 10, t]
+        rt = soa[lev, 9, t]
+        lo = max(np.sqrt(q) - Rt, np.sqrt(l2))
+        low[t] = lo - rt - sl[t]
+        # S = |q| + sum_k |p_k| Tmax[k] + C_t with Tmax[k] = max_v |T[k, v]| and C_t = sum of
+        # |G entries| Tmax (soa field 17, from _run_tree); sum_k |p_k| Tmax[k] = 2 L, as the
+        # leaf's half-extents (lattice mode) are Tmax[k] / 2 (L's rounding,
+        # ~1e-16 relative, is covered by E's margin)
+        S = q + 2.0 * lin[t] + soa[lev, 17, t]
+        E = 20.0 * _U32 * S + 1e-37
+        sS = np.sqrt(S)
+        sE = 0.0011 * sS + 1e-18  # >= sqrt(E), as sqrt(20 u) = 0.001092...
+        e = 2.0 * (E / max(low[t] + rt, sE) + 2.0 * _U32 * (1.0 + _U32) * (sS + sE + abs(rt)))
+        e += 1e-12 * (sS + abs(rt) + 1.0)
+        err[t] = e if (S <= _MAX_S32 and abs(rt) <= _MAX_S32) else np.inf
+
+
+@numba.njit(cache=True, nogil=True)
+def _take(soa, ids, lev, keep, m, Rtab):  # pragma: no cover - compiled
+    """The kept cells' fields from level ``lev`` to ``lev + 1`` (with the radii ``R`` of the level below)."""
+    for u in range(m):
+        t = keep[u]
+        j = ids[lev, t]
+        ids[lev + 1, u] = j
         for f in range(10):
-            soa_out[f, u] = soa[f, t]
-        soa_out[10, u] = Rnext[j]
+            soa[lev + 1, f, u] = soa[lev, f, t]
+        soa[lev + 1, 10, u] = Rtab[lev + 2, j]
+        for f in range(11, _NF):
+            soa[lev + 1, f, u] = soa[lev, f, t]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -306,84 +403,165 @@ def _sort_by(low, keep, m, order):  # pragma: no cover - compiled
         order[v + 1] = x
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _vmax(a, n):  # pragma: no cover - compiled
-    """Largest of ``a[:n]`` (values are never NaN, so reassociating the reduction is safe)."""
-    mx = -np.inf
-    for v in range(n):
-        mx = max(mx, a[v])
-    return mx
+_U32 = 2.0**-24  # unit roundoff of float32
+_MAX_S32 = 1e30  # a leaf whose float32 terms could exceed this (overflow) is evaluated in float64 only
+
+
+@numba.njit(cache=True, nogil=True)
+def _site_exact(v, ids, soa, lev, order, m, work, T):  # pragma: no cover - compiled
+    """Exact (float64) cell of leaf site ``v``: candidates in increasing ``low``, ties to the lowest index."""
+    best = np.inf
+    lab = _NO_LABEL
+    for u in range(m):
+        t = order[u]
+        if work[0, t] > best:  # work[0, t] <= f_t on the whole leaf: t (and every later one) can neither win nor tie
+            break
+        c = ids[lev, t]
+        q = (
+            work[2, t] + work[3, t] * T[0, v] + work[4, t] * T[1, v] + work[5, t] * T[2, v] + soa[lev, 11, t] * T[3, v]
+            + soa[lev, 14, t] * T[4, v] + soa[lev, 16, t] * T[5, v] + soa[lev, 12, t] * T[6, v]
+            + soa[lev, 13, t] * T[7, v] + soa[lev, 15, t] * T[8, v]
+        )
+        q = q if q > 0.0 else 0.0
+        f = np.sqrt(q) - soa[lev, 9, t]
+        if f < best or (f == best and c < lab):
+            best = f
+            lab = c
+    return lab
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FM)
-def _leaf_lattice(loc, base, ids, soa, lev, order, m, low, qc, p, Gl, T, best, lab, qb):  # pragma: no cover
-    """Exact labels of the 64 sites of a leaf, written to ``loc[base:base + 64]``.
+def _leaf_lattice(
+    slab, base, sj, sk, lx, ly, lz, ids, soa, lev, order, m, work, T, T32, b1A, b2A, b1B, b2B, qv, lA, lB, screen
+):  # pragma: no cover - compiled
+    """Exact labels of the ``lx * ly * lz`` sites of a leaf; site ``(i, j, k)`` goes to ``slab[base + k sk + j sj + i]``.
 
-    Candidates come in increasing lower bound. The first one sets every site;
-    each later one is first screened with squared distances (no square root),
-    and only if it may beat the current best somewhere are its exact float64
-    values compared. ``best`` and ``lab`` are (2, 64) double buffers: updates
-    go to the other buffer, which keeps LLVM from emitting masked stores (slow
-    on AMD).
+    The float32 screen (see the engine notes): every candidate, in increasing
+    lower bound, is evaluated in float32 (8 sites per AVX2 instruction), keeping
+    per site the best value ``b1``, its cell, and the second best ``b2``. Each
+    float32 value is within ``work[1, t]`` (see :func:`_lower`) of the real one; a site
+    with ``b2 - b1 > 2 max err`` has a unique winner by more than all the rounding
+    (ours and the brute force's), so its float32 label is exact. The others
+    (near ties, ~1e-3 of the sites) are evaluated again in float64 by
+    :func:`_site_exact`, as is every site when ``screen`` is off or when float32
+    could overflow. ``work`` rows: low, err, q, p (3) as :func:`_lower` left
+    them. Scratch (one array each: LLVM does not vectorise a loop that writes
+    two rows of one array): ``b1A``, ``b2A``, ``b1B``, ``b2B``, ``qv`` float32,
+    ``lA``, ``lB`` int32; updates go to the B buffers and are copied back, which
+    keeps LLVM from emitting masked stores.
     """
     nv = T.shape[1]
-    bA, bB = best[0], best[1]
-    lA, lB = lab[0], lab[1]
-    mx = np.inf
-    for u in range(m):
+    inf32 = np.float32(np.inf)
+    zero32 = np.float32(0.0)
+    pad32 = np.float32(1.0 + 1e-5)
+    tiny32 = np.float32(1e-30)
+    emax = 0.0
+    exact = not screen
+    for u in range(0 if exact else m):
         t = order[u]
-        if low[t] > mx:  # no later candidate can win anywhere in the leaf
+        e = work[1, t]
+        if u > 0:
+            # Stop once work[0, t] > max_v b1(v) + emax: work[0, t] <= f_t(x) on the whole leaf and
+            # b1(v) + emax >= the real value of the current best at v, so t (and every later one)
+            # is strictly worse than the current best everywhere and changes neither a label nor a
+            # near-tie test. Tested as "no site has b1 >= thr32" with thr32 <= work[0, t] - emax (the
+            # pad exceeds the rounding of the float32 conversion).
+            thr32 = np.float32(work[0, t] - emax)
+            thr32 = thr32 - abs(thr32) * np.float32(1e-6) - np.float32(1e-30)
+            above = np.int32(0)
+            for v in range(nv):
+                above = np.int32(above + np.int32(b1A[v] >= thr32))
+            if above == 0:
+                break
+        if not e < np.inf:  # float32 could overflow: float64 for every site
+            exact = True
             break
+        emax = max(emax, e)
         c = ids[lev, t]
-        q0 = qc[t]
-        p0 = p[0, t]
-        p1 = p[1, t]
-        p2 = p[2, t]
-        g00 = Gl[c, 0]
-        g01 = Gl[c, 1]
-        g02 = Gl[c, 2]
-        g11 = Gl[c, 3]
-        g12 = Gl[c, 4]
-        g22 = Gl[c, 5]
+        q0 = work[2, t]
+        p0 = work[3, t]
+        p1 = work[4, t]
+        p2 = work[5, t]
+        g00 = soa[lev, 11, t]
+        g01 = soa[lev, 12, t]
+        g02 = soa[lev, 13, t]
+        g11 = soa[lev, 14, t]
+        g12 = soa[lev, 15, t]
+        g22 = soa[lev, 16, t]
         rc = soa[lev, 9, t]
+        cq = np.float32(q0)
+        c0 = np.float32(p0)
+        c1 = np.float32(p1)
+        c2 = np.float32(p2)
+        c3 = np.float32(g00)
+        c4 = np.float32(g11)
+        c5 = np.float32(g22)
+        c6 = np.float32(g01)
+        c7 = np.float32(g02)
+        c8 = np.float32(g12)
+        r32 = np.float32(rc)
+        c32 = np.int32(c)
         if u == 0:
             for v in range(nv):
-                q = (
-                    q0 + p0 * T[0, v] + p1 * T[1, v] + p2 * T[2, v] + g00 * T[3, v] + g11 * T[4, v]
-                    + g22 * T[5, v] + g01 * T[6, v] + g02 * T[7, v] + g12 * T[8, v]
+                # the sum as a tree (shorter dependency chains than one chain of 9 multiply-adds)
+                q = ((cq + c0 * T32[0, v]) + (c1 * T32[1, v] + c2 * T32[2, v])) + (
+                    (c3 * T32[3, v] + c4 * T32[4, v]) + (c5 * T32[5, v] + c6 * T32[6, v])
+                    + (c7 * T32[7, v] + c8 * T32[8, v])
                 )
-                q = q if q > 0.0 else 0.0
-                bA[v] = np.sqrt(q) - rc
-                lA[v] = c
-            mx = _vmax(bA, nv)
-            continue
-        # sqrt(q) - rc <= best  <=>  q <= (best + rc)^2 where best + rc >= 0; eps covers rounding
-        eps = 1e-9 * (abs(rc) + abs(mx) + 1.0)
-        cnt = 0
+                q = q if q > zero32 else zero32
+                qv[v] = q
+            for v in range(nv):  # two loops: LLVM vectorises these, not the fused one
+                b1A[v] = np.sqrt(qv[v]) - r32
+                b2A[v] = inf32
+                lA[v] = c32
+        else:
+            # Screen without square roots: with tau = fl(b2 + r~), a site where tau < 0 or
+            # q~ > tau^2 (1 + 1e-5) + 1e-30 has sqrt(q~) rounded > the real b2 + r~ (the pad exceeds
+            # the roundings of tau, tau^2 and the square root), so f~ >= b2 there (rounding is
+            # monotonic and b2 is a float32): t changes neither b1, b2 nor the label. Only
+            # candidates that pass somewhere go through the square roots.
+            cnt = np.int32(0)
+            for v in range(nv):
+                q = ((cq + c0 * T32[0, v]) + (c1 * T32[1, v] + c2 * T32[2, v])) + (
+                    (c3 * T32[3, v] + c4 * T32[4, v]) + (c5 * T32[5, v] + c6 * T32[6, v])
+                    + (c7 * T32[7, v] + c8 * T32[8, v])
+                )
+                q = q if q > zero32 else zero32
+                qv[v] = q
+                tau = b2A[v] + r32
+                cnt = np.int32(cnt + np.int32((tau >= zero32) & (q <= tau * tau * pad32 + tiny32)))
+            if cnt == 0:
+                continue
+            for v in range(nv):
+                f = np.sqrt(qv[v]) - r32
+                b = b1A[v]
+                lv = lA[v]
+                b1B[v] = min(f, b)
+                b2B[v] = min(b2A[v], max(f, b))
+                lB[v] = c32 if f < b else lv
+            for v in range(nv):
+                b1A[v] = b1B[v]
+                b2A[v] = b2B[v]
+                lA[v] = lB[v]
+    if exact:
         for v in range(nv):
-            q = (
-                q0 + p0 * T[0, v] + p1 * T[1, v] + p2 * T[2, v] + g00 * T[3, v] + g11 * T[4, v]
-                + g22 * T[5, v] + g01 * T[6, v] + g02 * T[7, v] + g12 * T[8, v]
-            )
-            q = q if q > 0.0 else 0.0
-            qb[v] = q
-            tt = bA[v] + rc
-            tt = (tt if tt > 0.0 else 0.0) + eps
-            cnt += q <= tt * tt
-        if cnt == 0:
-            continue
-        for v in range(nv):  # exact comparison, ties to the lowest index
-            f = np.sqrt(qb[v]) - rc
-            b = bA[v]
-            lv = lA[v]
-            upd = (f < b) | ((f == b) & (c < lv))
-            bB[v] = min(f, b)
-            lB[v] = c if upd else lv
-        bA, bB = bB, bA
-        lA, lB = lB, lA
-        mx = _vmax(bA, nv)
-    for v in range(nv):
-        loc[base + v] = lA[v] + 1
+            lA[v] = _site_exact(v, ids, soa, lev, order, m, work, T)
+    else:
+        # decided: fl(b2 - b1) > mth32 >= 2 emax (1 + 1e-4) implies b2 - b1 > 2 emax (relative rounding <= u)
+        mth32 = np.float32(2.0 * emax * 1.0001)
+        namb = np.int32(0)
+        for v in range(nv):
+            namb = np.int32(namb + np.int32((b2A[v] - b1A[v]) <= mth32))
+        if namb:
+            for v in range(nv):
+                if (b2A[v] - b1A[v]) <= mth32:
+                    lA[v] = _site_exact(v, ids, soa, lev, order, m, work, T)
+    for kk in range(lz):
+        for jj in range(ly):
+            row = np.uint64(base + kk * sk + jj * sj)  # unsigned: no wraparound test, so plain stores
+            v0 = np.uint64((kk * ly + jj) * lx)
+            for ii in range(lx):
+                slab[row + np.uint64(ii)] = lA[v0 + np.uint64(ii)] + 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -432,7 +610,7 @@ def _site(o, A, tx, ty, tz):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat, o, A, S, Mu, r, Rl, cnt, tmp, corig):  # pragma: no cover
+def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat, o, A, S, Mu, r, Rl, Gl, cnt, tmp, corig):  # pragma: no cover
     """One breadth-first level for parents ``w, w + nw, ...``: candidate lists of their children.
 
     Child ``ch`` of parent ``b`` writes its list to ``tmp[boff[b] * nch + ch * len_b:]``,
@@ -445,16 +623,13 @@ def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat,
     cap = 1
     for b in range(w, nb, nw):
         cap = max(cap, boff[b + 1] - boff[b])
-    soa = np.empty((_NF, cap))
-    low = np.empty(cap)
-    hi = np.empty(cap)
-    qc = np.empty(cap)
-    pp = np.empty((3, cap))
+    soa = np.zeros((1, _NF, cap + 16))  # + 16: padding for _block_keep's vector loops
+    work = np.empty((4, cap + 16))
     keep = np.empty(cap, np.int64)
     for b in range(w, nb, nw):
         p0 = boff[b]
         pn = boff[b + 1] - p0
-        _gather(bidx, p0, pn, S, Mu, r, Rl, soa)
+        _gather(bidx, p0, pn, S, Mu, r, Rl, Gl, soa[0])
         for ch in range(nch):
             ix = borig[b, 0] + (ch & 1) * cxy
             iy = borig[b, 1] + ((ch >> 1) & 1) * cxy
@@ -469,8 +644,7 @@ def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat,
             if use_sat and _box_count(sat, ix, iy, iz, cxy, cz_) == 0:
                 continue
             cx, cy, cz = _site(o, A, ix + 0.5 * (cxy - 1), iy + 0.5 * (cxy - 1), iz + 0.5 * (cz_ - 1))
-            _block_bounds(soa, pn, cx, cy, cz, hxy, hxy, hz, A, low, hi, qc, pp)
-            m = _select(low, hi, pn, keep)
+            m = _block_keep(soa, 0, pn, cx, cy, cz, hxy, hxy, hz, A, work[0], work[1], work[2], work[3], keep)
             base = p0 * nch + ch * pn
             for u in range(m):
                 tmp[base + u] = bidx[p0 + keep[u]]
@@ -480,49 +654,53 @@ def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat,
 @numba.njit(cache=True, nogil=True)
 def _descend_worker(
     slabs, out_grid, out_pts, torig, toff, tidx, sstart, sizes, sizesz, hxy, hz, sat, X, bstart,
-    o, A, S, Mu, r, Rtab, Gl, T, ids, soa, work, iwork, best, lab, fb, slab,
+    o, A, S, Mu, r, Rtab, Gl, T, T32, ids, soa, work, iwork, b32, l32, slab, screen,
 ):  # pragma: no cover - compiled
     """Depth-first from the task blocks down to the leaves, for the slabs ``slabs``.
 
     A slab is the row of task blocks with the same (y, z) origin, in increasing x
     (tasks ``sstart[s]:sstart[s + 1]``). Scratch (``ids`` (levels, cap), ``soa``
-    (levels, _NF, cap), ``work`` (6, cap), ``iwork`` (2, cap), ``best`` / ``lab``
-    (2, 64), ``fb`` (64) and the slab label buffer) belongs to the calling thread.
-    Leaves are labelled in ``out_grid`` (lattice mode) or ``out_pts`` (points
-    mode, ``X`` non-empty); slabs are disjoint parts of the output.
+    (levels, _NF, cap + 16), ``work`` (8, cap + 16), ``iwork`` (2, cap), ``b32``
+    (5, sites per leaf) float32, ``l32`` (2, sites per leaf) int32 and the slab
+    label buffer) belongs to the calling thread. Leaves are labelled in
+    ``out_grid`` (lattice mode) or ``out_pts`` (points mode, ``X`` non-empty);
+    slabs are disjoint parts of the output.
     """
     nl = sizes.shape[0]
     shape_z = sat.shape[0] - 1 if X.shape[0] > 0 else out_grid.shape[0]
     shape_y = sat.shape[1] - 1 if X.shape[0] > 0 else out_grid.shape[1]
     shape_x = sat.shape[2] - 1 if X.shape[0] > 0 else out_grid.shape[2]
     points_mode = X.shape[0] > 0
-    nv = T.shape[1]
     cnt = np.zeros(nl, np.int64)
     nxt = np.zeros(nl, np.int64)
     org = np.zeros((nl, 3), np.int64)
     low = work[0]
-    hi = work[1]
+    hi = work[1]  # _block_keep's bounds, then _lower's float32 error bounds
     qc = work[2]
     pp = work[3:6]
+    lin = work[6]
+    sl = work[7]
     keep = iwork[0]
     order = iwork[1]
-    # Each leaf writes its 64 labels contiguously into the slab buffer (leaf after
-    # leaf); the slab is copied out in whole rows at the end. Writing 4-voxel rows
-    # straight into a large volume, or whole tasks in 32-voxel rows, costs several
-    # ns/voxel in cache misses.
+    b1A, b2A, b1B, b2B, qv = b32[0], b32[1], b32[2], b32[3], b32[4]
+    lA, lB = l32[0], l32[1]
+    # The leaves write their labels into the slab buffer in the output's row order (rows padded
+    # to whole leaves), which stays in cache; the slab is copied out in whole rows at the end.
+    # Writing 4-voxel rows straight into a large volume costs several ns/voxel in cache misses.
     lx_, lz_ = sizes[nl - 1], sizesz[nl - 1]  # leaf size
-    nly = sizes[0] // lx_  # leaves per task along y
-    nlx = (shape_x + lx_ - 1) // lx_  # leaves per slab along x
+    ly_ = lx_
+    sy = sizes[0]  # slab rows per z plane
+    sxp = ((shape_x + lx_ - 1) // lx_) * lx_  # slab row length
     of = out_grid.reshape(out_grid.size)
     for si in range(slabs.shape[0]):
-        sl = slabs[si]
-        for t0 in range(sstart[sl], sstart[sl + 1]):
+        sl_ = slabs[si]
+        ty0, tz0 = torig[sstart[sl_], 1], torig[sstart[sl_], 2]
+        for t0 in range(sstart[sl_], sstart[sl_ + 1]):
             p0 = toff[t0]
             pn = toff[t0 + 1] - p0
-            ty0, tz0 = torig[t0, 1], torig[t0, 2]
             for u in range(pn):
                 ids[0, u] = tidx[p0 + u]
-            _gather(ids[0], 0, pn, S, Mu, r, Rtab[1], soa[0])
+            _gather(ids[0], 0, pn, S, Mu, r, Rtab[1], Gl, soa[0])
             cnt[0] = pn
             nxt[0] = 0
             org[0, 0] = torig[t0, 0]
@@ -547,18 +725,22 @@ def _descend_worker(
                     continue
                 cx, cy, cz = _site(o, A, ix + 0.5 * (cxy - 1), iy + 0.5 * (cxy - 1), iz + 0.5 * (czz - 1))
                 n_par = cnt[lev]
-                _block_bounds(soa[lev], n_par, cx, cy, cz, hxy[lev + 1], hxy[lev + 1], hz[lev + 1], A, low, hi, qc, pp)
-                m = _select(low, hi, n_par, keep)
-                if lev + 1 == nl - 1:
+                is_leaf = lev + 1 == nl - 1
+                m = _block_keep(soa, lev, n_par, cx, cy, cz, hxy[lev + 1], hxy[lev + 1], hz[lev + 1], A, qc, lin, sl, hi, keep)
+                if is_leaf:
+                    _lower(soa, lev, keep, m, cx, cy, cz, A, qc, pp, lin, sl, low, hi)
                     _sort_by(low, keep, m, order)
                     if points_mode:
                         b = (iz * shape_y + iy) * shape_x + ix
                         _leaf_points(out_pts, b, X, bstart, ids[lev], soa[lev], order, m, low)
                     else:
-                        leaf = (((iz - tz0) // lz_) * nly + (iy - ty0) // lx_) * nlx + ix // lx_
-                        _leaf_lattice(slab, leaf * nv, ids, soa, lev, order, m, low, qc, pp, Gl, T, best, lab, fb)
+                        base = ((iz - tz0) * sy + (iy - ty0)) * sxp + ix
+                        _leaf_lattice(
+                            slab, base, sxp, sy * sxp, lx_, ly_, lz_, ids, soa, lev, order, m, work, T, T32,
+                            b1A, b2A, b1B, b2B, qv, lA, lB, screen,
+                        )
                 else:
-                    _take(soa[lev], ids[lev], keep, m, Rtab[lev + 2], soa[lev + 1], ids[lev + 1])
+                    _take(soa, ids, lev, keep, m, Rtab)
                     lev += 1
                     cnt[lev] = m
                     nxt[lev] = 0
@@ -566,25 +748,21 @@ def _descend_worker(
                     org[lev, 1] = iy
                     org[lev, 2] = iz
         if not points_mode:
-            ty0, tz0 = torig[sstart[sl], 1], torig[sstart[sl], 2]
-            ey = min(sizes[0], shape_y - ty0)
+            ey = min(sy, shape_y - ty0)
             ez = min(sizesz[0], shape_z - tz0)
             for k in range(ez):
                 for j in range(ey):
                     dst = ((tz0 + k) * shape_y + ty0 + j) * shape_x
-                    src = ((k // lz_) * nly + j // lx_) * nlx * nv + ((k % lz_) * lx_ + j % lx_) * lx_
-                    for i0 in range(0, shape_x - lx_ + 1, lx_):  # whole leaf rows
-                        for i in range(lx_):
-                            of[dst + i0 + i] = slab[src + i]
-                        src += nv
-                    for i in range(shape_x - shape_x % lx_, shape_x):  # the last, partial one
-                        of[dst + i] = slab[src + i % lx_]
+                    src = (k * sy + j) * sxp
+                    for i in range(shape_x):
+                        of[np.uint64(dst + i)] = slab[np.uint64(src + i)]  # unsigned: no wraparound test
 
 
 _MAX_SITES = 2**34  # ~17 G sites: beyond this the int32 output alone needs > 64 GiB
 _LEAF_3D = 4  # 4 x 4 x 4 = 64 sites per leaf in a 3D index space
-_LEAF_2D = 8  # 8 x 8 = 64 sites per leaf in a 2D index space (images, plane sections)
+_LEAF_2D = 16  # 16 x 16 = 256 sites per leaf in a 2D index space (images, plane sections)
 _TASK = 32  # blocks of this size (index units) are the parallel tasks
+_F32_SCREEN = True  # leaves: float32 screen + float64 near ties (tests switch it off to compare)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -636,21 +814,18 @@ def _cells3(seeds, metrics):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _tables(Mu, A, H):  # pragma: no cover - compiled
-    """Per-cell tables of a lattice ``A`` (3, 3): ``R`` for every level's half-extents ``H`` (L, 3), and ``Gl``.
+def _tables(Mu, A, H, R, Gl, j0, j1):  # pragma: no cover - compiled
+    """Per-cell tables of a lattice ``A`` (3, 3) for cells ``j0:j1``: ``R`` for every level's half-extents ``H`` (L, 3), and ``Gl``.
 
     ``Gl[j]`` holds the unique entries of ``G = A M_j A^T`` and
     ``R[l, j] = max |sum_k +-H[l, k] A[k]|_{M_j}`` over the box vertices (the
     norm is convex, so the maximum over the box is at a vertex); the squared
     norm of a vertex is ``sum_kl s_k s_l H_k H_l G_kl``. Padded by 1e-12 relative.
     """
-    n = Mu.shape[0]
     L = H.shape[0]
-    R = np.empty((L, n))
-    Gl = np.empty((n, 6))
     M = np.empty((3, 3))
     pairs = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
-    for j in range(n):
+    for j in range(j0, j1):
         M[0, 0], M[0, 1], M[0, 2] = Mu[j, 0], Mu[j, 1], Mu[j, 2]
         M[1, 0], M[1, 1], M[1, 2] = Mu[j, 1], Mu[j, 3], Mu[j, 4]
         M[2, 0], M[2, 1], M[2, 2] = Mu[j, 2], Mu[j, 4], Mu[j, 5]
@@ -670,7 +845,6 @@ def _tables(Mu, A, H):  # pragma: no cover - compiled
             e_ = 2.0 * h1 * h2 * g12
             q = a_ + max(max(b_ + c_ + e_, -b_ + c_ - e_), max(b_ - c_ - e_, -b_ - c_ + e_))
             R[lv, j] = np.sqrt(max(q, 0.0)) * (1.0 + 1e-12)
-    return R, Gl
 
 
 def _padded(g: "GBPD") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -718,7 +892,12 @@ def _run_tree(
     sxy, sz = _level_sizes(shape3, leaf_xy, flat)
     hxy = 0.5 * (sxy - 1) + hpad
     hz = np.zeros(len(sz)) if flat else 0.5 * (sz - 1) + hpad
-    Rtab, Gl = _tables(Mu, A, np.stack([hxy, hxy, hz], axis=1))
+    H = np.stack([hxy, hxy, hz], axis=1)
+    Rtab = np.empty((len(H), len(Mu)))
+    Gl = np.empty((len(Mu), 6))
+    nt = _workers() if len(Mu) > 4096 else 1
+    chunk = -(-len(Mu) // nt)
+    _in_threads(lambda w, k: _tables(Mu, A, H, Rtab, Gl, w * chunk, min(len(Mu), (w + 1) * chunk)), nt)
     if X.shape[0] == 0:
         lz = 1 if flat else leaf_xy
         # leaf site v = (k * leaf + j) * leaf + i at offsets t from the leaf centre; q = q_c + T . coefficients
@@ -727,6 +906,11 @@ def _run_tree(
         T = np.ascontiguousarray(np.stack([2 * t0, 2 * t1, 2 * t2, t0 * t0, t1 * t1, t2 * t2, 2 * t0 * t1, 2 * t0 * t2, 2 * t1 * t2]))
     else:
         T = np.zeros((9, 1))
+    T32 = T.astype(np.float32)  # exact: half-integer offsets and their products
+    Tmax = np.abs(T).max(axis=1)
+    # column 6: C_j = sum |G_j entries| max|T| (the quadratic part of _lower's S)
+    Gl = np.ascontiguousarray(np.concatenate([Gl, np.abs(Gl) @ Tmax[[3, 6, 7, 4, 8, 5]][:, None]], axis=1))
+    screen = bool(_F32_SCREEN)
     shp = np.array(shape3, np.int64)
     orig = np.zeros((1, 3), np.int64)
     off = np.array([0, len(S)], np.int64)
@@ -741,7 +925,7 @@ def _run_tree(
         corig = np.empty((nb * nch, 3), np.int64)
         args = (
             orig, off, idx, sxy[lvl + 1], sz[lvl + 1], hxy[lvl + 1], hz[lvl + 1], nch, shp, sat,
-            o, A, S, Mu, r, Rtab[lvl + 1], cnt, tmp, corig,
+            o, A, S, Mu, r, Rtab[lvl + 1], Gl, cnt, tmp, corig,
         )
         _in_threads(lambda w, k: _refine_worker(w, k, *args), min(nw, nb))
         # compact the children's lists (child ch of parent b at tmp[off[b] * nch + ch * len_b:]) into CSR form
@@ -755,9 +939,10 @@ def _run_tree(
     # Group the task blocks into slabs (rows of blocks along x, same y and z).
     order_t = np.lexsort((orig[:, 0], orig[:, 1], orig[:, 2]))
     orig = orig[order_t]
-    lists = [idx[off[t] : off[t + 1]] for t in order_t]
-    off = np.concatenate([[0], np.cumsum([len(a) for a in lists])]).astype(np.int64)
-    idx = np.concatenate(lists).astype(np.int32) if lists else np.zeros(0, np.int32)
+    lens = np.diff(off)[order_t]
+    starts = off[:-1][order_t]
+    off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    idx = idx[np.repeat(starts - off[:-1], lens) + np.arange(off[-1])].astype(np.int32)
     key = orig[:, 1] * (shape3[0] + 1) + orig[:, 2]
     sstart = np.concatenate([[0], np.flatnonzero(np.diff(key)) + 1, [len(orig)]]).astype(np.int64)
     nslab = len(sstart) - 1
@@ -773,13 +958,13 @@ def _run_tree(
 
     def job(w: int, k: int) -> None:
         scratch = (
-            np.empty((nl, cap), np.int32), np.empty((nl, _NF, cap)), np.empty((6, cap)), np.empty((2, cap), np.int64),
-            np.empty((2, nv)), np.empty((2, nv), np.int64), np.empty(nv), np.empty(slab_len, np.int32),
+            np.empty((nl, cap), np.int32), np.zeros((nl, _NF, cap + 16)), np.empty((8, cap + 16)), np.empty((2, cap), np.int64),
+            np.empty((5, nv), np.float32), np.empty((2, nv), np.int32), np.empty(slab_len, np.int32),
         )
         while (i := next(counter)) < nslab:
             _descend_worker(
                 np.array([i], np.int64), out_grid, out_pts, orig, off, idx, sstart, sxy[lvl:], sz[lvl:], hxy[lvl:],
-                hz[lvl:], sat, X, bstart, o, A, S, Mu, r, Rl, Gl, T, *scratch,
+                hz[lvl:], sat, X, bstart, o, A, S, Mu, r, Rl, Gl, T, T32, *scratch, screen,
             )
 
     _in_threads(job, min(nw, nslab))
