@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from stereograin.errors import StereograinError
-from stereograin.grains.cutouts import onehot_cutouts, rotated_cutout_points
+from stereograin.grains.cutouts import label_cutouts, onehot_cutouts, rotated_cutout_points
 from stereograin.grains.model import GrainArchitecture, GrainModel
-from stereograin.grains.training import TrainConfig, _random_rotations, train, usable_sections
-from stereograin.tessellation import GBPD
+from stereograin.grains.training import TrainConfig, _random_rotations, _SectionTable, train, usable_sections
+from stereograin.tessellation import GBPD, restricted_metrics
 from toy_sections import toy_section
 
 # a tiny schedule: 2 epochs x 2 steps, 4 + 4 cutouts, a window of 48 px (p_max 8 px)
@@ -135,6 +135,36 @@ def test_onehot_cutouts_order_and_visible() -> None:
     assert img[1].sum() == 4 * 52 + 8 * 51  # 12 largest kept, ties to lower ids
     assert img[1, :, 0].sum() == 52 and img[1, 0, 0] == 1  # cell 0 (52 px) first
     np.testing.assert_allclose(batch.visible.numpy(), [3 / 1024, 20 / 1024])
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_label_cutouts_equals_brute_force(d: int) -> None:
+    rng = np.random.default_rng(d)
+    B, P = 6, 1024
+    sizes = rng.integers(20, 200, B)
+    end = np.cumsum(sizes)
+    start = end - sizes
+    seeds = rng.uniform(-60, 60, (end[-1], d))
+    D = np.exp(rng.uniform(np.log(0.01), np.log(50.0), (end[-1], d)))  # anisotropy up to 5000
+    M = restricted_metrics(seeds, D)
+    r = rng.uniform(1, 10, end[-1])
+    pts = rng.uniform(-40, 40, (B, P, d))
+    pts[0, :10] = seeds[start[0] : start[0] + 10]  # points on seeds
+    got = label_cutouts(pts, seeds, M, r, start, end)
+    for b in range(B):
+        sl = slice(start[b], end[b])
+        ref = GBPD(seeds[sl], M[sl], r[sl]).label_points_bruteforce(pts[b]) - 1 + start[b]
+        np.testing.assert_array_equal(got[b], ref)
+    with pytest.raises(StereograinError):
+        label_cutouts(pts, seeds, M, r, start, start)
+
+
+def test_section_table_metrics_are_the_restricted_ones(sections) -> None:
+    t = _SectionTable.of(sections)
+    v = np.stack([-t.u[:, 1], t.u[:, 0]], axis=1)
+    M = t.D[:, 0, None, None] * t.u[:, :, None] * t.u[:, None, :] + t.D[:, 1, None, None] * v[:, :, None] * v[:, None, :]
+    np.testing.assert_allclose(M, restricted_metrics(t.seeds, t.D), atol=1e-12)
+    assert t.end[-1] == sum(s.n for s in sections) and t.start[0] == 0
 
 
 def test_rotated_cutouts_lie_in_planes_through_centre() -> None:

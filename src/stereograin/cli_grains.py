@@ -28,7 +28,7 @@ def grains_fit(
     batch_g: Annotated[int, typer.Option(help="Cutouts per generator step (the paper: 64).")] = 64,
     batch_d: Annotated[int, typer.Option(help="Cutouts per discriminator step and class (the paper: 128).")] = 128,
     objective: Annotated[str, typer.Option(help="Generator loss: 'lsgan' (minimise (D-1)^2) or 'literal' (the paper's text, maximise D^2).")] = "lsgan",
-    cutouts_per_realisation: Annotated[int, typer.Option(help="Cutouts cut from one drawn seed pattern, in random planes (1: the paper).")] = 16,
+    cutouts_per_realisation: Annotated[int, typer.Option(help="Cutouts cut from one drawn seed pattern, in random planes (1: the paper).")] = 32,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
     seed: Annotated[int, typer.Option(help="Master seed (weights and every draw).")] = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,

@@ -72,13 +72,8 @@ from ..errors import StereograinError
 from ..fit2d import FittedSection
 from ..io import atomic_path, read_json, write_table
 from ..tessellation import GBPD
-from .cutouts import (
-    _candidates,
-    cutout_grid,
-    onehot_cutouts,
-    rotated_cutout_points,
-    soft_cutouts,
-)
+from .candidates import exact_candidates
+from .cutouts import cutout_grid, label_cutouts, onehot_cutouts, rotated_cutout_points, soft_cutouts
 from .discriminator import Discriminator
 from .generator import MarkerNet, metrics, neighbour_features
 from .model import GrainModel
@@ -142,14 +137,14 @@ class TrainConfig:
     objective: str = "lsgan"
     mu_1: float = MU_1
     window: float = WINDOW_HALF
-    cutouts_per_realisation: int = 16
+    cutouts_per_realisation: int = 32
     temperature: float = 1.0
     candidates: int = 16
     keep: int = 12
     augment: tuple[float, float] = (0.8, 1.2)
     p_max: float = P_MAX
     hidden: tuple[int, ...] = (64, 64)
-    d_widths: tuple[int, ...] = (16, 32, 64)
+    d_widths: tuple[int, ...] = (8, 16, 32)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -270,9 +265,8 @@ def _realisation(net: MarkerNet, cfg: TrainConfig, mu: float, m: int, rng: np.ra
 
 def _exact_labels(real: _Realisation) -> np.ndarray:
     """Exact 0-based cell of every cutout pixel, (m, P)."""
-    g = GBPD(real.positions, real.M, real.r)
     m, P, _ = real.points.shape
-    return g.label_points(real.points.reshape(-1, 3)).reshape(m, P) - 1
+    return exact_candidates(real.points.reshape(-1, 3), real.positions, real.M, real.r, 1).reshape(m, P)
 
 
 def _fake_onehot(net: MarkerNet, cfg: TrainConfig, mu: float, batch: int, rng: np.random.Generator):
@@ -281,23 +275,56 @@ def _fake_onehot(net: MarkerNet, cfg: TrainConfig, mu: float, batch: int, rng: n
     left = batch
     while left > 0:
         m = min(cfg.cutouts_per_realisation, left)
-        real = _realisation(net, cfg, mu, m, rng)
-        labels.append(_exact_labels(real))
+        labels.append(_exact_labels(_realisation(net, cfg, mu, m, rng)))
         left -= m
     return onehot_cutouts(np.concatenate(labels), cfg.keep)
 
 
-def _real_onehot(sections: Sequence[FittedSection], cfg: TrainConfig, batch: int, rng: np.random.Generator):
-    """``batch`` cutouts of augmented fitted sections (Eq. 14-15) rounded to one-hot."""
-    pick = rng.integers(0, len(sections), batch)
+@dataclass(frozen=True)
+class _SectionTable:
+    """The fitted sections' cells concatenated: seeds (N, 2), unit radial ``u`` (N, 2), D (N, 2), r (N,), ranges."""
+
+    seeds: np.ndarray
+    u: np.ndarray
+    D: np.ndarray
+    r: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+
+    @classmethod
+    def of(cls, sections: Sequence[FittedSection]) -> "_SectionTable":
+        seeds = np.concatenate([s.seeds for s in sections])
+        norm = np.linalg.norm(seeds, axis=1, keepdims=True)
+        u = np.where(norm > 1e-9, seeds / np.maximum(norm, 1e-300), np.array([1.0, 0.0]))
+        counts = np.array([s.n for s in sections])
+        end = np.cumsum(counts)
+        return cls(seeds, u, np.concatenate([s.D for s in sections]), np.concatenate([s.r for s in sections]),
+                   end - counts, end)
+
+
+def _real_onehot(table: _SectionTable, cfg: TrainConfig, batch: int, rng: np.random.Generator):
+    """``batch`` cutouts of augmented fitted sections (Eq. 14-15) rounded to one-hot.
+
+    Each cutout picks a section, multiplies each ``r_i`` and each ``D_i`` entry
+    by an independent ``U(low, high)`` factor (the paper's augmentation), and is
+    labelled exactly at ``R_beta (x + p, y - 16.5)``. The metric of the 2D
+    restricted cell is ``M = D_0 u u^T + D_1 u_perp u_perp^T`` with ``u`` the
+    unit radial direction of its seed.
+    """
+    pick = rng.integers(0, len(table.start), batch)
     p = cfg.p_max * (1.0 - rng.random(batch))
     beta = rng.uniform(0.0, 2.0 * math.pi, batch)
-    labels = np.empty((batch, CUTOUT * CUTOUT), np.int64)
+    idx = np.concatenate([np.arange(table.start[i], table.end[i]) for i in pick])
     lo, hi = cfg.augment
-    for b in range(batch):
-        sec = sections[pick[b]].augment(rng, lo, hi)
-        labels[b] = sec.gbpd().label_points(cutout_grid(p[b], beta[b])) - 1
-    return onehot_cutouts(labels, cfg.keep)
+    D = table.D[idx] * rng.uniform(lo, hi, (len(idx), 2))
+    r = table.r[idx] * rng.uniform(lo, hi, len(idx))
+    u = table.u[idx]
+    v = np.stack([-u[:, 1], u[:, 0]], axis=1)
+    M = D[:, 0, None, None] * u[:, :, None] * u[:, None, :] + D[:, 1, None, None] * v[:, :, None] * v[:, None, :]
+    counts = table.end[pick] - table.start[pick]
+    end = np.cumsum(counts)
+    pts = np.stack([cutout_grid(pb, bb) for pb, bb in zip(p, beta)])
+    return onehot_cutouts(label_cutouts(pts, table.seeds[idx], M, r, end - counts, end), cfg.keep)
 
 
 def _fake_soft(net: MarkerNet, cfg: TrainConfig, mu: float, batch: int, rng: np.random.Generator):
@@ -309,8 +336,11 @@ def _fake_soft(net: MarkerNet, cfg: TrainConfig, mu: float, batch: int, rng: np.
         m = min(cfg.cutouts_per_realisation, left)
         real = _realisation(net, cfg, mu, m, rng)
         k = min(cfg.candidates, len(real.positions))
-        cand = np.stack([_candidates(real.points[j], real.positions, real.M, real.r, k) for j in range(m)])
-        used, local = np.unique(cand, return_inverse=True)
+        cand = exact_candidates(real.points.reshape(-1, 3), real.positions, real.M, real.r, k).reshape(m, -1, k)
+        mark = np.zeros(len(real.positions), bool)
+        mark[cand] = True
+        used = np.flatnonzero(mark)
+        local = (np.cumsum(mark) - 1)[cand]
         D, r = net.markers(real.features[used])
         seeds.append(torch.as_tensor(real.positions[used], dtype=D.dtype))
         Ms.append(metrics(real.Q[used], D))
@@ -422,12 +452,14 @@ def train_step(
     D: Discriminator,
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
-    sections: Sequence[FittedSection],
+    sections: "Sequence[FittedSection] | _SectionTable",
     cfg: TrainConfig,
     mu: float,
     rng: np.random.Generator,
 ) -> tuple[float, float, bool, float, float]:
     """One generator and one discriminator step (module notes).
+
+    ``sections`` are the usable fitted sections (or their precomputed table).
 
     Returns
     -------
@@ -437,6 +469,7 @@ def train_step(
     ng_gt, ng_gen : float
         Mean visible grains per px^2 of the data and model cutouts of the discriminator step.
     """
+    table = sections if isinstance(sections, _SectionTable) else _SectionTable.of(sections)
     # --- generator step (D in eval mode: its running batch-norm statistics)
     G.train()
     D.eval()
@@ -447,7 +480,7 @@ def train_step(
     loss_g.backward()
     _clip_and_step(G.parameters(), opt_g, cfg.grad_clip)
     # --- discriminator step on one-hot cutouts, real and fresh fakes in one batch
-    real = _real_onehot(sections, cfg, cfg.batch_d, rng)
+    real = _real_onehot(table, cfg, cfg.batch_d, rng)
     fake_d = _fake_onehot(G, cfg, mu, cfg.batch_d, rng)
     D.train()
     out_d = D(torch.cat([real.images, fake_d.images]).permute(0, 3, 1, 2))
@@ -518,6 +551,7 @@ def train(
         if progress:
             print(f"resuming after epoch {start} from {path}", flush=True)
 
+    table = _SectionTable.of(secs)
     bar = tqdm(total=cfg.epochs * cfg.steps, initial=start * cfg.steps, unit="step", disable=not progress,
                desc="GAN", dynamic_ncols=True)
     try:
@@ -527,7 +561,7 @@ def train(
             sums = np.zeros(3)
             ng_gt = ng_gen = 0.0
             for step in range(cfg.steps):
-                loss_g, loss_d, updated, real_vis, fake_vis = train_step(G, D, opt_g, opt_d, secs, cfg, mu, rng)
+                loss_g, loss_d, updated, real_vis, fake_vis = train_step(G, D, opt_g, opt_d, table, cfg, mu, rng)
                 sums += (loss_g, loss_d, float(updated))
                 ng_gt += real_vis
                 ng_gen += fake_vis
