@@ -133,6 +133,18 @@ def _candidates(points: np.ndarray, seeds: np.ndarray, M: np.ndarray, r: np.ndar
 # Hand-written: exact labels of many small diagrams at once (one per cutout). GBPD.label_points
 # and exact_candidates pay a per-call setup that dominates for a 1024-pixel cutout of a
 # few-hundred-cell section; here one compiled call labels the whole batch.
+@numba.njit(inline="always", cache=True)
+def _cost(x, seeds, M, r, j):  # pragma: no cover - compiled
+    """``|x - s_j|_{M_j} - r_j`` for one point ``x`` (d,)."""
+    d = x.shape[0]
+    q = 0.0
+    for a in range(d):
+        da = x[a] - seeds[j, a]
+        for e in range(d):
+            q += da * M[j, a, e] * (x[e] - seeds[j, e])
+    return math.sqrt(max(q, 0.0)) - r[j]
+
+
 @numba.njit(parallel=True, cache=True)
 def _label_cutouts(points, seeds, M, r, lam, start, end, out):  # pragma: no cover - compiled
     """Exact 0-based winner (global index) of every point of cutout ``b`` among seeds ``start[b]:end[b]``.
@@ -184,13 +196,7 @@ def _label_cutouts(points, seeds, M, r, lam, start, end, out):  # pragma: no cov
         for p in range(P):
             best = np.inf
             for jj in range(cnt):
-                j = near[jj]
-                q = 0.0
-                for a in range(d):
-                    da = points[b, p, a] - seeds[j, a]
-                    for e in range(d):
-                        q += da * M[j, a, e] * (points[b, p, e] - seeds[j, e])
-                best = min(best, math.sqrt(max(q, 0.0)) - r[j])
+                best = min(best, _cost(points[b, p], seeds, M, r, near[jj]))
             U = max(U, best)
         pool = np.empty(n, np.int64)
         m = 0
@@ -202,16 +208,10 @@ def _label_cutouts(points, seeds, M, r, lam, start, end, out):  # pragma: no cov
             best = np.inf
             arg = -1
             for jj in range(m):
-                j = pool[jj]
-                q = 0.0
-                for a in range(d):
-                    da = points[b, p, a] - seeds[j, a]
-                    for e in range(d):
-                        q += da * M[j, a, e] * (points[b, p, e] - seeds[j, e])
-                cst = math.sqrt(max(q, 0.0)) - r[j]
+                cst = _cost(points[b, p], seeds, M, r, pool[jj])
                 if cst < best:
                     best = cst
-                    arg = j
+                    arg = pool[jj]
             out[b, p] = arg
 
 

@@ -21,35 +21,195 @@ spins ``gamma'_i = gamma_i - phi(R, s_i)`` the rotated pattern has
 ``[0, 2 pi)``, but adding ``pi`` flips the signs of both tangential axes, a
 rotation under which the isotropic Poisson neighbourhood is invariant in law;
 so the law of the generated tessellation is rotation invariant.
+
+Speed. Neighbours come from the exact grid search of :mod:`.knn` (equal
+distances: lower index first); one compiled kernel finds a seed's
+neighbours, builds its frame and writes its feature row, batch by batch of
+grid cells on a thread pool. :func:`sample_markers` is the inference path
+(no autograd): float32 rows straight into the network's input buffer, the
+MLP in preallocated buffers, markers stored in the seeds' order.
 """
 
 from __future__ import annotations
 
+import math
+import queue
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from ..errors import StereograinError
 from ..fit2d import D_FLOOR, D_MAX, R_RANGE
-from ..tessellation import radial_frames
+from . import knn as _k
 from .seeds import Seeds
 
-__all__ = ["neighbour_features", "MarkerNet", "metrics", "generate_markers", "N_FEATURES_PER_NEIGHBOUR"]
+__all__ = [
+    "neighbour_features",
+    "MarkerNet",
+    "metrics",
+    "generate_markers",
+    "sample_markers",
+    "N_FEATURES_PER_NEIGHBOUR",
+]
 
 #: Numbers per neighbour in the generator input: 3 rotated displacement + 2 noise.
 N_FEATURES_PER_NEIGHBOUR = 5
+#: Largest batch of :func:`sample_markers` (seeds); batches shrink to give every thread about 4.
+SAMPLE_CHUNK = 16384
+
+# ----------------------------------------------------------------------------- features kernel
+#
+# Hand-written because the numpy steps (cKDTree query, radial frames, einsum
+# and gathers) each stream (n, kappa, .) arrays through memory: ~5e-6 s per
+# seed before the network on 2 cores. The kernel below runs per grid cell of
+# :mod:`.knn`: it finds a seed's neighbours, builds its frame and writes its
+# feature row in one go. Frames follow
+# :func:`stereograin.tessellation.radial_frames` operation by operation
+# (results agree to rounding, ~1e-16 relative).
 
 
-def _knn(positions: np.ndarray, kappa: int, workers: int = -1) -> np.ndarray:
-    """Indices ``(n, kappa)`` of each point's nearest other points, by increasing distance."""
-    n = len(positions)
-    _, idx = cKDTree(positions).query(positions, k=kappa + 1, workers=workers)
-    is_self = idx == np.arange(n)[:, None]
-    # duplicated positions can push self out of the first column or out of the list
-    is_self[~is_self.any(axis=1), -1] = True
-    return idx[~is_self].reshape(n, kappa)
+@numba.njit(cache=True, nogil=True, inline="always")
+def _frame(x, y, z, g, Q, row):  # pragma: no cover - compiled
+    """``Q[row] = R(e1, g) R(s~ + e1, pi)`` of seed ``(x, y, z)`` with spin ``g``."""
+    eps = 1e-9
+    nrm = math.sqrt(x * x + y * y + z * z)
+    if nrm > eps:
+        sx, sy, sz = x / nrm, y / nrm, z / nrm
+    else:
+        sx, sy, sz = 1.0, 0.0, 0.0
+    bx = sx + 1.0
+    bn = math.sqrt(bx * bx + sy * sy + sz * sz)
+    if bn > eps:
+        ax, ay, az = bx / bn, sy / bn, sz / bn
+    else:
+        ax, ay, az = 0.0, 0.0, 1.0
+    # half turn H = 2 a a^T - I
+    h00 = 2.0 * ax * ax - 1.0
+    h01 = 2.0 * ax * ay
+    h02 = 2.0 * ax * az
+    h10 = 2.0 * ay * ax
+    h11 = 2.0 * ay * ay - 1.0
+    h12 = 2.0 * ay * az
+    h20 = 2.0 * az * ax
+    h21 = 2.0 * az * ay
+    h22 = 2.0 * az * az - 1.0
+    # spin about e1: rows (1, 0, 0), (0, c, -s), (0, s, c) with c = 1 - (1 - cos g) as in Rodrigues
+    sn = math.sin(g)
+    cc = 1.0 - (1.0 - math.cos(g))
+    Q[row, 0, 0] = h00
+    Q[row, 0, 1] = h01
+    Q[row, 0, 2] = h02
+    Q[row, 1, 0] = cc * h10 - sn * h20
+    Q[row, 1, 1] = cc * h11 - sn * h21
+    Q[row, 1, 2] = cc * h12 - sn * h22
+    Q[row, 2, 0] = sn * h10 + cc * h20
+    Q[row, 2, 1] = sn * h11 + cc * h21
+    Q[row, 2, 2] = sn * h12 + cc * h22
+
+
+@numba.njit(cache=True, nogil=True)
+def _features_cells(gp, start, order, origin, h, gx, gy, gz, slack, k, scale, nz, gam, c_lo, c_hi, row0, sorted_rows, fscale, feats, Q):  # pragma: no cover - compiled
+    """Features and frames of the seeds of cells ``[c_lo, c_hi)``.
+
+    ``nz`` (n, 2) and ``gam`` (n,) are in the grid's sorted order. Feature row
+    of sorted seed ``q``: ``q - row0`` if ``sorted_rows`` else ``order[q]``;
+    ``feats[row, 5 j + a]`` = value times ``fscale[5 j + a]`` in ``feats``'s
+    dtype (float64 with ones: plain values; float32: the net's input
+    scaling). Frames go to ``Q[order[q]]`` (all n seeds, original order).
+    """
+    inv_h = 1.0 / h
+    h2m = h * h * (1.0 - _k._REL_MARGIN)
+    fb = np.empty((5, 256), np.float64)
+    ib = np.empty((5, 256), np.int64)
+    nbr = np.empty(k, np.int64)
+    for c in range(c_lo, c_hi):
+        s0 = start[c]
+        if s0 == start[c + 1]:
+            continue
+        fb, ib, nb, home, guess, ix, iy, iz = _k._load_cell(c, gp, start, gx, gy, gz, k, h2m, fb, ib)
+        for q in range(s0, start[c + 1]):
+            fb, ib = _k._query(q, s0, home, nb, guess, ix, iy, iz, gp, start, order, origin, inv_h, h2m, gx, gy, gz, slack, k, scale, fb, ib, nbr)
+            o = order[q]
+            row = q - row0 if sorted_rows else o
+            px, py, pz = gp[q, 0], gp[q, 1], gp[q, 2]
+            _frame(px, py, pz, gam[q], Q, o)
+            q00, q01, q02 = Q[o, 0, 0], Q[o, 0, 1], Q[o, 0, 2]
+            q10, q11, q12 = Q[o, 1, 0], Q[o, 1, 1], Q[o, 1, 2]
+            q20, q21, q22 = Q[o, 2, 0], Q[o, 2, 1], Q[o, 2, 2]
+            for r in range(k):
+                j = nbr[r]
+                dx = gp[j, 0] - px
+                dy = gp[j, 1] - py
+                dz = gp[j, 2] - pz
+                col = 5 * r
+                feats[row, col] = q00 * dx + q01 * dy + q02 * dz
+                feats[row, col + 1] = q10 * dx + q11 * dy + q12 * dz
+                feats[row, col + 2] = q20 * dx + q21 * dy + q22 * dz
+                feats[row, col + 3] = nz[j, 0]
+                feats[row, col + 4] = nz[j, 1]
+                for a in range(5):
+                    feats[row, col + a] *= fscale[col + a]
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_marks(order, noise, gamma):  # pragma: no cover - compiled
+    """Noise and spins in the grid's sorted order."""
+    n = order.shape[0]
+    nz = np.empty((n, 2), np.float64)
+    g = np.empty(n, np.float64)
+    for q in range(n):
+        o = order[q]
+        nz[q, 0] = noise[o, 0]
+        nz[q, 1] = noise[o, 1]
+        g[q] = gamma[o]
+    return nz, g
+
+
+@numba.njit(cache=True, nogil=True)
+def _store_markers(idx, out, eps, span_d, lo, span_r, D, r):  # pragma: no cover - compiled
+    """``r[idx] = lo + span_r out[0]``, ``D[idx] = eps + span_d out[1:]^T`` in float32 (as
+    :meth:`MarkerNet.markers` computes them), stored as float64; ``out`` (4, m) sigmoids."""
+    for i in range(idx.shape[0]):
+        q = idx[i]
+        r[q] = lo + span_r * out[0, i]
+        D[q, 0] = eps + span_d * out[1, i]
+        D[q, 1] = eps + span_d * out[2, i]
+        D[q, 2] = eps + span_d * out[3, i]
+
+
+def _checked_marks(positions: np.ndarray, noise: np.ndarray, gamma: np.ndarray, kappa: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    s = np.asarray(positions)
+    nz = np.asarray(noise)
+    g = np.asarray(gamma)
+    n = len(s) if s.ndim >= 1 else 0
+    if s.ndim != 2 or s.shape[1] != 3 or nz.shape != (n, 2):
+        raise StereograinError(f"positions must be (n, 3) and noise (n, 2), got {s.shape} and {nz.shape}")
+    if g.size != n:
+        raise StereograinError(f"gamma must hold one angle per seed ({n}), got shape {g.shape}")
+    g = g.reshape(n)
+    if int(kappa) < 1:
+        raise StereograinError(f"kappa must be at least 1, got {kappa}")
+    if n <= kappa:
+        raise StereograinError(f"need more than kappa = {kappa} seeds for the neighbour features, got {n}")
+    try:
+        s, nz, g = (np.ascontiguousarray(a, dtype=np.float64) for a in (s, nz, g))
+    except (TypeError, ValueError) as err:
+        raise StereograinError(f"positions, noise and gamma must be real numbers: {err}") from None
+    for name, a in (("noise", nz), ("gamma", g)):
+        if not np.isfinite(a).all():
+            raise StereograinError(f"{name} contains NaN or infinite values; drop or fix those seeds first")
+    return s, nz, g
+
+
+def _run_features(grid: _k.CellGrid, nz_s: np.ndarray, g_s: np.ndarray, kappa: int, c_lo: int, c_hi: int, row0: int, sorted_rows: bool, fscale: np.ndarray, feats: np.ndarray, Q: np.ndarray) -> None:
+    """:func:`_features_cells` on a grid (in the calling thread, GIL released)."""
+    gx, gy, gz = (int(d) for d in grid.dims)
+    _features_cells(
+        grid.points, grid.start, grid.order, grid.origin, grid.h, gx, gy, gz, grid.slack, int(kappa), _k._scale_table(kappa),
+        nz_s, g_s, int(c_lo), int(c_hi), int(row0), bool(sorted_rows), fscale, feats, Q,
+    )
 
 
 def neighbour_features(
@@ -79,17 +239,19 @@ def neighbour_features(
     (n, 5 kappa) float64
         Per neighbour (increasing distance): ``Q_i (s_j - s_i)`` in px, then ``n_j``.
     """
-    s = np.asarray(positions, dtype=np.float64)
-    nz = np.asarray(noise, dtype=np.float64)
+    s, nz, g = _checked_marks(positions, noise, gamma, kappa)
     n = len(s)
-    if s.ndim != 2 or s.shape[1] != 3 or nz.shape != (n, 2):
-        raise StereograinError(f"positions must be (n, 3) and noise (n, 2), got {s.shape} and {nz.shape}")
-    if n <= kappa:
-        raise StereograinError(f"need more than kappa = {kappa} seeds for the neighbour features, got {n}")
-    idx = _knn(s, kappa)
-    Q = radial_frames(s, np.asarray(gamma, dtype=np.float64))
-    v = np.einsum("nab,nkb->nka", Q, s[idx] - s[:, None, :])
-    feats = np.concatenate([v, nz[idx]], axis=2).reshape(n, N_FEATURES_PER_NEIGHBOUR * kappa)
+    grid = _k.cell_grid(s)  # raises for NaN / infinite positions
+    nz_s, g_s = _gather_marks(grid.order, nz, g)
+    feats = np.empty((n, N_FEATURES_PER_NEIGHBOUR * kappa), np.float64)
+    Q = np.empty((n, 3, 3), np.float64)
+    ones = np.ones(N_FEATURES_PER_NEIGHBOUR * kappa, np.float64)
+    nw = _k._workers_default()
+
+    def job(batch: tuple[int, int]) -> None:
+        _run_features(grid, nz_s, g_s, kappa, batch[0], batch[1], 0, False, ones, feats, Q)
+
+    _k._run_batches(job, _k._cell_batches(grid, _k._batch_size(n, nw, 1 << 16)), nw)
     return (feats, Q) if return_frames else feats
 
 
@@ -209,3 +371,165 @@ def generate_markers(
     feats, Q = neighbour_features(seeds.positions, seeds.noise, seeds.gamma, net.kappa, return_frames=True)
     D, r = net.markers(feats)
     return metrics(Q, D), r, D, Q
+
+
+class _FastMLP:
+    """Inference-only forward of a CPU float32 :class:`MarkerNet` MLP into preallocated buffers.
+
+    Hidden layers: ``addmm`` + in-place ReLU. The last (narrow) layer is
+    computed transposed, ``W h^T`` (4, m): MKL's ``h W^T`` kernel for 4
+    outputs costs as much as a 64-wide layer. Inputs must already be scaled
+    by ``in_scale``; outputs are the sigmoids (4, m).
+    """
+
+    def __init__(self, net: MarkerNet, rows: int) -> None:
+        lins = [m for m in net.mlp if isinstance(m, torch.nn.Linear)]
+        self.Wt = [lin.weight.detach().t().contiguous() for lin in lins[:-1]]
+        self.b = [lin.bias.detach() for lin in lins[:-1]]
+        self.W_last = lins[-1].weight.detach().contiguous()
+        self.b_last = lins[-1].bias.detach()[:, None]
+        self.hidden = [torch.empty(rows, W.shape[1]) for W in self.Wt]
+        self.out = torch.empty(lins[-1].out_features * rows)
+
+    @staticmethod
+    def supports(net: MarkerNet) -> bool:
+        mods = list(net.mlp)
+        p = net.in_scale
+        return (
+            p.device.type == "cpu"
+            and p.dtype == torch.float32
+            and len(mods) % 2 == 1
+            and all(isinstance(m, torch.nn.Linear) and m.bias is not None for m in mods[::2])
+            and all(isinstance(m, torch.nn.ReLU) for m in mods[1::2])
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.shape[0]
+        h = x
+        for Wt, b, buf in zip(self.Wt, self.b, self.hidden):
+            nxt = buf[:m]
+            torch.addmm(b, h, Wt, out=nxt)
+            h = nxt.relu_()
+        o = self.out[: self.W_last.shape[0] * m].view(self.W_last.shape[0], m)
+        torch.mm(self.W_last, h.t(), out=o)
+        return o.add_(self.b_last).sigmoid_()
+
+
+def sample_markers(
+    net: MarkerNet,
+    seeds: Seeds,
+    chunk: int = SAMPLE_CHUNK,
+    workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Markers of a realisation without autograd: the fast path of Algorithm 1.
+
+    Same result as ``net.markers(neighbour_features(...))`` up to float32
+    rounding (about 1e-6 relative: the matrix products are blocked
+    differently), but batched: the seeds are sorted into the cell grid of
+    :mod:`stereograin.grains.knn` and processed ``chunk`` at a time (whole
+    cells). Per batch, a compiled kernel writes the network's float32 input
+    rows (neighbours, frames, displacements, noise, times ``in_scale``)
+    straight into a buffer, the MLP runs on it under
+    :func:`torch.inference_mode` into preallocated buffers, and the markers
+    are stored in the seeds' order. Memory beyond the outputs: the grid
+    (~90 bytes per seed) and per worker one batch (~800 bytes per seed of
+    ``chunk``).
+
+    Threads. Batches are shared out to ``workers`` threads, each running the
+    whole batch pipeline single-threaded (numba kernels and torch ops release
+    the GIL), so no parallel region waits for a busy core; torch's intra-op
+    threads are set to 1 during the call and restored after (process-wide:
+    torch work in other threads runs on one thread meanwhile). Parallel
+    regions instead (numba's and torch's OpenMP pools alternating) spin
+    against each other: several times slower on 2 cores when another process
+    is running.
+
+    Parameters
+    ----------
+    net : MarkerNet
+        Any device / dtype; CPU float32 (the default) takes the fast path,
+        others get ``net.markers`` on float64 features, batch by batch in
+        the calling thread.
+    seeds : Seeds
+        Positions in px relative to the particle centre, noise, spins; ``n > net.kappa``.
+    chunk : int
+        Largest batch in seeds (``>= 1``; batches are whole grid cells and
+        shrink, down to 2048 seeds, so that each worker gets about 4).
+        Results do not depend on it beyond float32 rounding.
+    workers : int, optional
+        Threads (default: numba's thread count).
+
+    Returns
+    -------
+    D : (n, 3) float64
+        Diagonal of ``M_i`` in the radial frame (radial, tangential,
+        tangential), dimensionless, in ``(eps, d_max]``.
+    r : (n,) float64
+        Offsets in px, in ``[r_min, r_max]``.
+    Q : (n, 3, 3) float64
+        Radial frames (rows: grain axes in world coordinates), so that
+        ``M_i = Q_i^T diag(D_i) Q_i`` (:func:`metrics`).
+
+    Raises
+    ------
+    StereograinError
+        Bad shapes, NaN / infinite values, ``n <= kappa``, ``chunk < 1`` or ``workers < 1``.
+    """
+    if not isinstance(seeds, Seeds):
+        raise StereograinError(f"seeds must be a Seeds pattern, got {type(seeds).__name__}")
+    for name, val in (("chunk", chunk), ("workers", 1 if workers is None else workers)):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
+            raise StereograinError(f"{name} must be a positive integer, got {val!r}")
+    kappa = net.kappa
+    s, nz, g = _checked_marks(seeds.positions, seeds.noise, seeds.gamma, kappa)
+    n = len(s)
+    nf = N_FEATURES_PER_NEIGHBOUR * kappa
+    if net.in_scale.shape[0] != nf:
+        raise StereograinError(f"net expects {net.in_scale.shape[0]} inputs, but kappa = {kappa} gives {nf}")
+    nw = _k._workers_default() if workers is None else int(workers)
+    grid = _k.cell_grid(s)  # raises for NaN / infinite positions
+    nz_s, g_s = _gather_marks(grid.order, nz, g)
+    D = np.empty((n, 3), np.float64)
+    r = np.empty(n, np.float64)
+    Q = np.empty((n, 3, 3), np.float64)
+    batches = _k._cell_batches(grid, _k._batch_size(n, nw, int(chunk)))
+    rows = max(int(grid.start[b] - grid.start[a]) for a, b in batches)
+
+    if not _FastMLP.supports(net):
+        feats = np.empty((rows, nf), np.float64)
+        ones = np.ones(nf, np.float64)
+        with torch.inference_mode():
+            for c_lo, c_hi in batches:
+                a, b = int(grid.start[c_lo]), int(grid.start[c_hi])
+                _run_features(grid, nz_s, g_s, kappa, c_lo, c_hi, a, True, ones, feats[: b - a], Q)
+                Dc, rc = net.markers(torch.from_numpy(feats[: b - a]))
+                idx = grid.order[a:b]
+                D[idx] = Dc.detach().cpu().numpy()
+                r[idx] = rc.detach().cpu().numpy()
+        return D, r, Q
+
+    fscale = net.in_scale.detach().numpy().astype(np.float32)
+    f32 = (np.float32(net.eps), np.float32(net.d_max - net.eps), np.float32(net.r_range[0]), np.float32(net.r_range[1] - net.r_range[0]))
+    states: queue.SimpleQueue = queue.SimpleQueue()  # one feature buffer + MLP per thread
+    for _ in range(max(1, min(nw, len(batches)))):
+        states.put((np.empty((rows, nf), np.float32), _FastMLP(net, rows)))
+
+    def job(batch: tuple[int, int]) -> None:
+        c_lo, c_hi = batch
+        a, b = int(grid.start[c_lo]), int(grid.start[c_hi])
+        feats, mlp = states.get()
+        try:
+            _run_features(grid, nz_s, g_s, kappa, c_lo, c_hi, a, True, fscale, feats[: b - a], Q)
+            with torch.inference_mode():
+                out = mlp(torch.from_numpy(feats[: b - a])).numpy()
+            _store_markers(grid.order[a:b], out, *f32, D, r)
+        finally:
+            states.put((feats, mlp))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _k._run_batches(job, batches, nw)
+    finally:
+        torch.set_num_threads(threads)
+    return D, r, Q
