@@ -1,8 +1,11 @@
-"""Stereological GAN components for the grain architecture (paper, Eq. 9-16, Algorithms 1-2).
+"""The stereological GAN for the grain architecture (paper, Eq. 9-16, Algorithms 1-2).
 
-Seeds (:mod:`.seeds`), the marker generator (:mod:`.generator`), cutouts
-``T_2D`` / ``T_3D`` (:mod:`.cutouts`) and the discriminator
-(:mod:`.discriminator`). Units: px (EBSD pixels of 50 nm). Everything is
+Seeds (:mod:`.seeds`), neighbours (:mod:`.knn`), the marker generator
+(:mod:`.generator`), exact candidate cells (:mod:`.candidates`), cutouts
+``T_2D`` / ``T_3D`` (:mod:`.cutouts`), the discriminator
+(:mod:`.discriminator`), training (:mod:`.training`), the model and its
+samples (:mod:`.model`), validation statistics (:mod:`.validation`) and the
+report (:mod:`.report`). Units: px (EBSD pixels of 50 nm). Everything is
 seeded (numpy ``Generator``, private ``torch.Generator``) and runs on CPU
 float32 by default.
 """
@@ -22,8 +25,11 @@ from .cutouts import (
     truncate_channels,
     visible_grains,
 )
+from .candidates import exact_candidates
 from .discriminator import Discriminator
-from .generator import MarkerNet, generate_markers, metrics, neighbour_features
+from .generator import MarkerNet, generate_markers, metrics, neighbour_features, sample_markers
+from .model import GrainArchitecture, GrainModel
+from .training import TrainConfig, train
 from .seeds import (
     CUTOUT,
     MU_1,
@@ -46,6 +52,12 @@ __all__ = [
     "WINDOW_HALF",
     "CutoutBatch",
     "Discriminator",
+    "GrainArchitecture",
+    "GrainModel",
+    "TrainConfig",
+    "exact_candidates",
+    "sample_markers",
+    "train",
     "MarkerNet",
     "Seeds",
     "SlabGeometry",
