@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from ._cli_util import _friendly, _length_nm
-from .errors import StereograinError
 
 grains_app = typer.Typer(
     help="Grain architectures: train the stereological GAN on fitted 2D sections, sample 3D grains, report.",
