@@ -11,11 +11,9 @@ autograd graph); the other cells get 0. The winner is always among them, so
 the argmax is the exact labelling, and the dropped softmax terms are the
 smallest ones. Euclidean nearest seeds are not enough: radially elongated
 cells (``D_0`` small) win pixels 20+ px and 100+ seeds away. The selection
-runs without gradient in float64: a pool is cut by the bound
-``sqrt(lambda_min(M_j)) dist(s_j, cutout) - r_j <= U`` (``U`` = largest
-k-th best cost among each pixel's ``2k`` Euclidean nearest seeds, an upper
-bound on the true k-th best cost), then the exact costs of the pool are
-ranked per pixel (``O(P |pool|)`` time, chunked).
+runs without gradient in float64 by
+:func:`~stereograin.grains.candidates.exact_candidates` (pruned, equal to
+brute force).
 
 Units: px (EBSD pixels of 50 nm); the cutout offset ``p`` is in ``(0, 80]``.
 """
@@ -29,11 +27,11 @@ from typing import NamedTuple
 import numba
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
 
 from ..errors import StereograinError
 from ..fit2d import FittedSection
 from ..tessellation import restricted_metrics, soft_map
+from .candidates import exact_candidates
 from .seeds import CUTOUT, P_MAX
 
 __all__ = [
@@ -98,36 +96,6 @@ def cutout_points_3d(p: float) -> np.ndarray:
     g = cutout_grid(p)
     return np.concatenate([g, np.zeros((len(g), 1))], axis=1)
 
-
-def _candidates(points: np.ndarray, seeds: np.ndarray, M: np.ndarray, r: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
-    """``(P, k)`` indices of each point's ``k`` cells of lowest exact cost (``k <= n``; see the module notes).
-
-    ``points`` (P, d), ``seeds`` (n, d), ``M`` (n, d, d), ``r`` (n,), float64.
-    """
-    n, d = seeds.shape
-    c = points.mean(axis=0)
-    x, s = points - c, seeds - c  # centred: the expanded quadratic form loses less to cancellation
-    k0 = min(2 * k, n)
-    _, near = cKDTree(s).query(x, k=k0)
-    near = near.reshape(len(x), k0)
-    diff = x[:, None, :] - s[near]
-    cost0 = np.sqrt(np.maximum(np.einsum("pki,pkij,pkj->pk", diff, M[near], diff), 0.0)) - r[near]
-    U = float(np.partition(cost0, k - 1, axis=1)[:, k - 1].max())
-    lo, hi = x.min(axis=0), x.max(axis=0)
-    dist = np.linalg.norm(s - np.clip(s, lo, hi), axis=1)
-    lam = np.linalg.eigvalsh(M)[:, 0]
-    pool = np.flatnonzero(np.sqrt(np.maximum(lam, 0.0)) * dist - r <= U + 1e-9 * (abs(U) + 1.0))
-    sp, Mp, rp = s[pool], M[pool], r[pool]
-    Mf = Mp.reshape(len(pool), d * d)
-    Ms = np.einsum("nij,nj->ni", Mp, sp)
-    sMs = (sp * Ms).sum(axis=1)
-    out = np.empty((len(x), k), np.int64)
-    for a in range(0, len(x), chunk):
-        xa = x[a : a + chunk]
-        xx = (xa[:, :, None] * xa[:, None, :]).reshape(len(xa), d * d)
-        cost = np.sqrt(np.maximum(xx @ Mf.T - 2.0 * (xa @ Ms.T) + sMs, 0.0)) - rp
-        out[a : a + chunk] = pool[np.argpartition(cost, k - 1, axis=1)[:, :k]]
-    return out
 
 
 # Hand-written: exact labels of many small diagrams at once (one per cutout). GBPD.label_points
@@ -260,7 +228,7 @@ def _soft_image(
     if n < 1:
         raise StereograinError("a cutout needs at least one seed")
     k = min(int(k), n)
-    idx = _candidates(points, _np(seeds), _np(M), _np(r), k)
+    idx = exact_candidates(points, _np(seeds), _np(M), _np(r), k)
     ids, inv = np.unique(idx, return_inverse=True)
     x = torch.as_tensor(points, dtype=M.dtype, device=M.device)
     cand = torch.as_tensor(idx, device=M.device)
@@ -586,7 +554,7 @@ def _batch_images(
         raise StereograinError("every cutout needs at least one seed")
     k = int(min(k, counts.min()))
     off = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    cand = np.stack([_candidates(points[b], _np(seeds[b]), _np(M[b]), _np(r[b]), k) for b in range(B)])
+    cand = np.stack([exact_candidates(points[b], _np(seeds[b]), _np(M[b]), _np(r[b]), k) for b in range(B)])
     glob = cand + off[:, None, None]
     return soft_cutouts(points, torch.cat(list(seeds)), torch.cat(list(M)), torch.cat(list(r)), glob, temperature, keep)
 

@@ -10,23 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from ..errors import StereograinError
 from .cutouts import CUTOUT
+from .generator import seeded_layer
 
 __all__ = ["Discriminator"]
-
-
-def _seeded(module_cls: type, *args: int, gen: torch.Generator, dtype: torch.dtype, **kw: int) -> torch.nn.Module:
-    """A conv / linear layer with torch's default init drawn from ``gen`` (global RNG untouched)."""
-    m = torch.nn.utils.skip_init(module_cls, *args, device="cpu", dtype=dtype, **kw)
-    fan_in = m.weight[0].numel()
-    with torch.no_grad():
-        torch.nn.init.kaiming_uniform_(m.weight, a=np.sqrt(5.0), generator=gen)
-        m.bias.uniform_(-1.0 / np.sqrt(fan_in), 1.0 / np.sqrt(fan_in), generator=gen)
-    return m
 
 
 class Discriminator(torch.nn.Module):
@@ -64,7 +54,7 @@ class Discriminator(torch.nn.Module):
         c = self.in_channels
         for w in widths:
             layers += [
-                _seeded(torch.nn.Conv2d, c, int(w), 3, padding=1, gen=gen, dtype=dtype),
+                seeded_layer(torch.nn.Conv2d, c, int(w), 3, padding=1, gen=gen, dtype=dtype),
                 torch.nn.BatchNorm2d(int(w), dtype=dtype),
                 torch.nn.ReLU(),
                 torch.nn.MaxPool2d(2),
@@ -74,9 +64,9 @@ class Discriminator(torch.nn.Module):
         self.features = torch.nn.Sequential(*layers)
         self.head = torch.nn.Sequential(
             torch.nn.Flatten(),
-            _seeded(torch.nn.Linear, c * side * side, int(dense), gen=gen, dtype=dtype),
+            seeded_layer(torch.nn.Linear, c * side * side, int(dense), gen=gen, dtype=dtype),
             torch.nn.ReLU(),
-            _seeded(torch.nn.Linear, int(dense), 1, gen=gen, dtype=dtype),
+            seeded_layer(torch.nn.Linear, int(dense), 1, gen=gen, dtype=dtype),
         )
         self.to(device)
 

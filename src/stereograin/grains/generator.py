@@ -274,14 +274,14 @@ def metrics(Q: np.ndarray | torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     return 0.5 * (M + M.transpose(-1, -2))  # exactly symmetric despite float rounding
 
 
-def _seeded_linear(n_in: int, n_out: int, gen: torch.Generator, device: torch.device | str, dtype: torch.dtype) -> torch.nn.Linear:
-    """``nn.Linear`` with torch's default init drawn from ``gen`` (the global RNG is not used)."""
-    lin = torch.nn.utils.skip_init(torch.nn.Linear, n_in, n_out, device=device, dtype=dtype)
-    bound = 1.0 / np.sqrt(n_in)
+def seeded_layer(module_cls: type, *args: int, gen: torch.Generator, dtype: torch.dtype, **kw: int) -> torch.nn.Module:
+    """A linear / conv layer with torch's default init drawn from ``gen`` (the global RNG is not used)."""
+    m = torch.nn.utils.skip_init(module_cls, *args, device="cpu", dtype=dtype, **kw)
+    fan_in = m.weight[0].numel()
     with torch.no_grad():
-        torch.nn.init.kaiming_uniform_(lin.weight, a=np.sqrt(5.0), generator=gen)
-        lin.bias.uniform_(-bound, bound, generator=gen)
-    return lin
+        torch.nn.init.kaiming_uniform_(m.weight, a=np.sqrt(5.0), generator=gen)
+        m.bias.uniform_(-1.0 / np.sqrt(fan_in), 1.0 / np.sqrt(fan_in), generator=gen)
+    return m
 
 
 class MarkerNet(torch.nn.Module):
@@ -328,7 +328,7 @@ class MarkerNet(torch.nn.Module):
         widths = [N_FEATURES_PER_NEIGHBOUR * self.kappa, *map(int, hidden), 4]
         layers: list[torch.nn.Module] = []
         for a, b in zip(widths[:-1], widths[1:]):
-            layers += [_seeded_linear(a, b, gen, "cpu", dtype), torch.nn.ReLU()]
+            layers += [seeded_layer(torch.nn.Linear, a, b, gen=gen, dtype=dtype), torch.nn.ReLU()]
         self.mlp = torch.nn.Sequential(*layers[:-1]).to(device)
         scale = torch.ones(N_FEATURES_PER_NEIGHBOUR, dtype=dtype)
         scale[:3] = 1.0 / float(length_scale)

@@ -263,6 +263,12 @@ def _realisation(net: MarkerNet, cfg: TrainConfig, mu: float, m: int, rng: np.ra
     return _Realisation(seeds.positions, feats, Q, M, r.double().numpy(), pts)
 
 
+def _pattern_sizes(batch: int, cfg: TrainConfig) -> list[int]:
+    """Cutouts cut from each drawn seed pattern: ``cutouts_per_realisation`` each, the rest last."""
+    per = cfg.cutouts_per_realisation
+    return [per] * (batch // per) + ([batch % per] if batch % per else [])
+
+
 def _exact_labels(real: _Realisation) -> np.ndarray:
     """Exact 0-based cell of every cutout pixel, (m, P)."""
     m, P, _ = real.points.shape
@@ -271,12 +277,7 @@ def _exact_labels(real: _Realisation) -> np.ndarray:
 
 def _fake_onehot(net: MarkerNet, cfg: TrainConfig, mu: float, batch: int, rng: np.random.Generator):
     """``batch`` generated cutouts rounded to one-hot, with their visible grains per px^2."""
-    labels = []
-    left = batch
-    while left > 0:
-        m = min(cfg.cutouts_per_realisation, left)
-        labels.append(_exact_labels(_realisation(net, cfg, mu, m, rng)))
-        left -= m
+    labels = [_exact_labels(_realisation(net, cfg, mu, m, rng)) for m in _pattern_sizes(batch, cfg)]
     return onehot_cutouts(np.concatenate(labels), cfg.keep)
 
 
@@ -331,9 +332,7 @@ def _fake_soft(net: MarkerNet, cfg: TrainConfig, mu: float, batch: int, rng: np.
     """``batch`` soft generated cutouts, differentiable in the net's parameters."""
     seeds, Ms, rs, cands, pts = [], [], [], [], []
     offset = 0
-    left = batch
-    while left > 0:
-        m = min(cfg.cutouts_per_realisation, left)
+    for m in _pattern_sizes(batch, cfg):
         real = _realisation(net, cfg, mu, m, rng)
         k = min(cfg.candidates, len(real.positions))
         cand = exact_candidates(real.points.reshape(-1, 3), real.positions, real.M, real.r, k).reshape(m, -1, k)
@@ -348,7 +347,6 @@ def _fake_soft(net: MarkerNet, cfg: TrainConfig, mu: float, batch: int, rng: np.
         cands.append(local.reshape(cand.shape) + offset)
         pts.append(real.points)
         offset += len(used)
-        left -= m
     return soft_cutouts(
         np.concatenate(pts), torch.cat(seeds), torch.cat(Ms), torch.cat(rs), np.concatenate(cands),
         cfg.temperature, cfg.keep,
