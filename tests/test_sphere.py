@@ -86,3 +86,26 @@ def test_bad_input():
         sphere.real_sph_harm(-2, u)
     with pytest.raises(StereograinError, match=r"\(L\+1\)\*\*2"):
         sphere.evaluate(np.ones(7))
+
+
+def test_real_sph_harm_equals_scipy_convention():
+    # the recurrence must reproduce the module's stated convention, built from SciPy's complex Y_l^m
+    import scipy.special
+
+    rng = np.random.default_rng(3)
+    u = np.vstack([rng.standard_normal((200, 3)), [[0, 0, 1], [0, 0, -2], [1e-9, 0, 1], [3, 0, 0]]])
+    n = u / np.linalg.norm(u, axis=1, keepdims=True)
+    theta = np.arccos(np.clip(n[:, 2], -1, 1))
+    phi = np.mod(np.arctan2(n[:, 1], n[:, 0]), 2 * np.pi)
+    L = 9
+    Yc = scipy.special.sph_harm_y_all(L, L, theta, phi)
+    ref = np.empty((len(u), (L + 1) ** 2))
+    for l in range(L + 1):
+        ref[:, l * l + l] = Yc[l, 0].real
+        for m in range(1, l + 1):
+            ref[:, l * l + l + m] = np.sqrt(2) * Yc[l, m].real
+            ref[:, l * l + l - m] = np.sqrt(2) * Yc[l, m].imag
+    Y = sphere.real_sph_harm(L, u)
+    # SciPy's arccos loses the 1e-9 polar angle of row 202; the recurrence keeps it
+    np.testing.assert_allclose(np.delete(Y, 202, 0), np.delete(ref, 202, 0), atol=1e-12)
+    np.testing.assert_allclose(Y[202], ref[202], atol=1e-8)

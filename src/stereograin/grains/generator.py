@@ -56,7 +56,9 @@ __all__ = [
 
 #: Numbers per neighbour in the generator input: 3 rotated displacement + 2 noise.
 N_FEATURES_PER_NEIGHBOUR = 5
-#: Largest batch of :func:`sample_markers` (seeds); batches shrink to give every thread about 4.
+#: Threads :func:`sample_markers` cuts its batches for, whatever the real count (determinism).
+_BATCH_THREADS = 4
+#: Largest batch of :func:`sample_markers` (seeds); batches shrink to give each of ``_BATCH_THREADS`` about 4.
 SAMPLE_CHUNK = 16384
 
 # ----------------------------------------------------------------------------- features kernel
@@ -454,8 +456,8 @@ def sample_markers(
         Positions in px relative to the particle centre, noise, spins; ``n > net.kappa``.
     chunk : int
         Largest batch in seeds (``>= 1``; batches are whole grid cells and
-        shrink, down to 2048 seeds, so that each worker gets about 4).
-        Results do not depend on it beyond float32 rounding.
+        shrink, down to 2048 seeds, to make about 16). Results depend on it
+        only through float32 rounding, and not at all on ``workers``.
     workers : int, optional
         Threads (default: numba's thread count).
 
@@ -492,7 +494,9 @@ def sample_markers(
     D = np.empty((n, 3), np.float64)
     r = np.empty(n, np.float64)
     Q = np.empty((n, 3, 3), np.float64)
-    batches = _k._cell_batches(grid, _k._batch_size(n, nw, int(chunk)))
+    # Batches are cut for a fixed notional thread count, so the float32 products (whose
+    # rounding depends on the batch's rows) and hence the markers do not depend on ``workers``.
+    batches = _k._cell_batches(grid, _k._batch_size(n, _BATCH_THREADS, int(chunk)))
     rows = max(int(grid.start[b] - grid.start[a]) for a, b in batches)
 
     if not _FastMLP.supports(net):

@@ -37,7 +37,7 @@ from .. import __version__
 from ..errors import StereograinError
 from ..io import atomic_path, read_json, write_json
 from ..tessellation import GBPD, restricted_metrics
-from .generator import MarkerNet, neighbour_features
+from .generator import MarkerNet, sample_markers
 from .seeds import Seeds, poisson_seeds
 
 __all__ = ["GrainModel", "GrainArchitecture", "MODEL_FORMAT", "ARCHITECTURE_FORMAT", "SAMPLE_MARGIN"]
@@ -241,16 +241,13 @@ class GrainModel:
         D, r = self.markers(seeds)
         return GrainArchitecture(seeds.positions, seeds.noise, seeds.gamma, D, r, self.px_nm, R)
 
-    def markers(self, seeds: Seeds, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
-        """Markers ``D`` (n, 3) and ``r`` (n,) px of every seed, no gradient (float64 arrays)."""
-        feats = neighbour_features(seeds.positions, seeds.noise, seeds.gamma, self.net.kappa)
-        D = np.empty((len(feats), 3))
-        r = np.empty(len(feats))
-        with torch.inference_mode():
-            for a in range(0, len(feats), chunk):
-                Dc, rc = self.net.markers(feats[a : a + chunk])
-                D[a : a + chunk] = Dc.double().cpu().numpy()
-                r[a : a + chunk] = rc.double().cpu().numpy()
+    def markers(self, seeds: Seeds, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Markers ``D`` (n, 3) and ``r`` (n,) px of every seed, no gradient (float64 arrays).
+
+        The batched inference path :func:`~stereograin.grains.generator.sample_markers`:
+        the result does not depend on ``workers`` (threads; default: all cores).
+        """
+        D, r, _ = sample_markers(self.net, seeds, workers=workers)
         return D, r
 
     # ---------------------------------------------------------------- files

@@ -1,0 +1,194 @@
+"""Particle assembly: shell radius bounds, centres of mass, kept grains, voxelisation, files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from stereograin import sphere
+from stereograin.errors import StereograinError
+from stereograin.grains.model import GrainArchitecture, GrainModel
+from stereograin.particle import (
+    Particle,
+    _CellCut,
+    assemble,
+    cell_moments,
+    inside_shell,
+    make_particle,
+    shell_radius,
+    shell_radius_range,
+)
+from stereograin.shell import paper_model
+from stereograin.tessellation import grid_points
+
+CT_NM = 128.0
+
+
+def _architecture(n: int = 300, R: float = 36.0, seed: int = 0) -> GrainArchitecture:
+    """Random anisotropic seeds and markers in a ball of radius R px (not a trained model)."""
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal((n, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    pos = u * R * rng.random(n)[:, None] ** (1 / 3)
+    return GrainArchitecture(
+        pos, rng.random((n, 2)), rng.uniform(0, np.pi, n), rng.uniform(0.3, 3.0, (n, 3)), rng.uniform(1, 4, n), 50.0, R
+    )
+
+
+def _shell(radius_px: float, seed: int = 1, bumps: float = 0.08) -> np.ndarray:
+    """A bumpy star-shaped shell (L = 4) of mean radius ``radius_px`` px, in CT voxels."""
+    rng = np.random.default_rng(seed)
+    a = np.zeros(25)
+    r_vox = radius_px * 50.0 / CT_NM
+    a[0] = r_vox * np.sqrt(4 * np.pi)
+    a[1:] = rng.standard_normal(24) * bumps * r_vox
+    return a
+
+
+def test_shell_radius_range_bounds_every_direction_and_is_tight():
+    coefs = paper_model().sample(6, np.random.default_rng(0), workers=1)
+    u = sphere.icosphere(7)[0]  # 163842 directions
+    for a in coefs:
+        r = shell_radius(a, u)
+        lo, hi = shell_radius_range(a)
+        assert lo <= r.min() and r.max() <= hi
+        assert hi - r.max() < 0.1 * r.max() and r.min() - lo < 0.1 * r.max()
+
+
+def test_inside_shell_matches_direct_evaluation():
+    a = _shell(20.0)
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-12, 12, (4000, 3))
+    direct = np.linalg.norm(x, axis=1) < shell_radius(a, x)
+    np.testing.assert_array_equal(inside_shell(a, x), direct)
+    assert 0.1 < direct.mean() < 0.9
+    assert inside_shell(a, np.zeros((1, 3)))[0]
+
+
+def test_cell_moments_match_numpy():
+    rng = np.random.default_rng(2)
+    lab = rng.integers(0, 6, (7, 9, 11)).astype(np.int32)
+    lab[lab == 4] = 0  # an absent label
+    counts, mean, lo, hi = cell_moments(lab, 5)
+    k, j, i = np.indices(lab.shape)
+    for c in range(6):
+        sel = lab == c
+        assert counts[c] == sel.sum()
+        if sel.any():
+            np.testing.assert_allclose(mean[c], [i[sel].mean(), j[sel].mean(), k[sel].mean()])
+            np.testing.assert_array_equal(lo[c], [i[sel].min(), j[sel].min(), k[sel].min()])
+            np.testing.assert_array_equal(hi[c], [i[sel].max(), j[sel].max(), k[sel].max()])
+        else:
+            assert np.all(np.isnan(mean[c])) and np.all(lo[c] == -1)
+    with pytest.raises(StereograinError, match="0..5"):
+        cell_moments(lab + 1, 5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    arch = _architecture()
+    coefs = _shell(15.0)
+    p = assemble(coefs, CT_NM, arch, half_width_px=30.0, com_spacing_px=1.0)
+    # fine reference: every cell's centre of mass on a 0.5 px grid over a cube holding it
+    # (label_grid equals the brute-force argmin; tests/test_tessellation.py checks that)
+    h, m = 0.5, 64
+    ref = arch.gbpd().label_grid((2 * m + 1,) * 3, origin=-m * h, spacing=h)
+    counts, mean, lo, hi = cell_moments(ref, arch.n)
+    closed = (counts > 0) & (lo.min(axis=1) > 0) & (hi.max(axis=1) < 2 * m)
+    centres = -m * h + h * mean
+    return arch, coefs, p, centres, counts * h**3, closed
+
+
+def test_assembly_keeps_grains_whose_whole_cell_centre_is_inside(tiny):
+    arch, coefs, p, centres, volumes, closed = tiny
+    ids = np.array([np.flatnonzero(np.all(arch.positions == s, axis=1))[0] for s in p.grains.positions[: p.n_grains]])
+    assert np.all(closed[ids + 1])
+    # centres of mass against the fine estimate: the midpoint rule at h = 1 px is within 0.2 px
+    err = np.linalg.norm(p.centres_px - centres[ids + 1], axis=1)
+    assert err.max() < 0.2, err.max()
+    np.testing.assert_allclose(p.volumes_px3, volumes[ids + 1], rtol=0.05)
+    # the kept set is the brute-force one, except for grains within the error of the shell surface
+    c = centres[1:][closed[1:]]
+    idx = np.flatnonzero(closed[1:])
+    truth = set(idx[inside_shell(coefs, c * 50.0 / CT_NM)])
+    rho = np.linalg.norm(c, axis=1) * 50.0 / CT_NM
+    margin = np.abs(rho - shell_radius(coefs, np.where(rho[:, None] > 0, c, 1.0))) * CT_NM / 50.0
+    unsure = set(idx[margin < 0.2])
+    assert (set(ids) ^ truth) <= unsure
+    assert 5 < p.n_grains < arch.n // 2
+
+
+def test_voxels_are_the_union_of_kept_cells(tiny):
+    arch, _, p, _, _, _ = tiny
+    lab, origin = p.label_volume(0.05)  # 1 px
+    assert lab.dtype == np.uint32 and lab.max() == p.n_grains
+    assert set(np.unique(lab)) == set(range(p.n_grains + 1))
+    # brute force over the full architecture: kept cells match except in slivers of dropped neighbours
+    pts = grid_points(lab.shape, origin=origin / 0.05, spacing=1.0)
+    full = arch.gbpd().label_points_bruteforce(pts).reshape(lab.shape)
+    key = {int(np.flatnonzero(np.all(arch.positions == s, axis=1))[0]) + 1: g + 1
+           for g, s in enumerate(p.grains.positions[: p.n_grains])}
+    lut = np.zeros(arch.n + 1, np.uint32)
+    lut[list(key)] = list(key.values())
+    assert np.mean(lut[full] == lab) > 0.999
+    # and exactly the brute force over the stored seeds
+    stored = p.grains.gbpd().label_points_bruteforce(pts).reshape(lab.shape)
+    stored[stored > p.n_grains] = 0
+    np.testing.assert_array_equal(stored, lab)
+
+
+def test_particle_file_round_trip_is_bit_exact(tiny, tmp_path):
+    _, _, p, _, _, _ = tiny
+    p.save(tmp_path / "particle.json")
+    d = json.loads((tmp_path / "particle.json").read_text())
+    assert d["format"] == "stereograin.particle" and d["units"]["px_nm"] == 50.0 and d["n_grains"] == p.n_grains
+    q = Particle.load(tmp_path)  # a folder holding particle.json works too
+    a, oa = p.label_volume(0.1)
+    b, ob = q.label_volume(0.1)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(oa, ob)
+
+
+def test_cut_cells_signal_a_larger_window():
+    arch = _architecture()
+    with pytest.raises(_CellCut):
+        assemble(_shell(15.0), CT_NM, arch, half_width_px=8.0, com_spacing_px=1.0)
+    with pytest.raises(StereograinError, match="smaller than one grain"):
+        assemble(_shell(0.3, bumps=0.0), CT_NM, arch, half_width_px=30.0, com_spacing_px=1.0)
+
+
+def test_make_particle_is_reproducible_from_its_stream(monkeypatch):
+    import stereograin.particle as particle
+
+    sm = paper_model()
+    sm = dataclasses.replace(sm, a00=dataclasses.replace(sm.a00, family="lognorm", params={"s": 0.05, "loc": 0.0, "scale": 60.0}))
+    gm = GrainModel.load("default")
+    a = make_particle(sm, gm, np.random.default_rng(7), provenance={"index": 7})
+    b = make_particle(sm, gm, np.random.default_rng(7), provenance={"index": 7})
+    np.testing.assert_array_equal(a.grains.positions, b.grains.positions)
+    np.testing.assert_array_equal(a.coefficients, b.coefficients)
+    assert a.n_grains == b.n_grains and a.provenance == {"index": 7}
+    c = make_particle(sm, gm, np.random.default_rng(8))
+    assert not np.array_equal(a.coefficients, c.coefficients)
+    # far too little padding: cut cells force redraws with twice the padding, still deterministic
+    monkeypatch.setattr(particle, "PAD_SPACINGS", 0.05)
+    d = make_particle(sm, gm, np.random.default_rng(7))
+    e = make_particle(sm, gm, np.random.default_rng(7))
+    np.testing.assert_array_equal(d.grains.positions, e.grains.positions)
+
+
+def test_bad_input_gives_one_line_errors(tiny, tmp_path):
+    _, _, p, _, _, _ = tiny
+    for bad in (-0.05, 0.0, float("nan")):
+        with pytest.raises(StereograinError, match="voxel size must be positive"):
+            p.label_volume(bad)
+    with pytest.raises(StereograinError, match="choose a larger voxel size"):
+        p.label_volume(1e-4, max_voxels=10**6)
+    (tmp_path / "x.json").write_text(json.dumps({"format": "stereograin.grain-model"}))
+    with pytest.raises(StereograinError, match="not a stereograin particle"):
+        Particle.load(tmp_path / "x.json")
+    with pytest.raises(StereograinError, match="spacing must be positive"):
+        assemble(_shell(15.0), CT_NM, _architecture(), 30.0, com_spacing_px=0.0)
