@@ -88,21 +88,49 @@ def test_segment_fit_sample_end_to_end(tmp_path):
     assert 8 < np.median(d["d_max"]) < 20
 
 
-def test_generate_writes_a_reproducible_shell_library(tmp_path):
-    r = run("generate", "-n", 6, "--seed", 1, "-o", tmp_path / "lib")
+def _small_shell_model(path):
+    """The paper's shell laws with particles about 1.5 um across (fast to fill with grains)."""
+    import dataclasses
+
+    from stereograin.shell import paper_model
+
+    sm = paper_model()
+    dataclasses.replace(sm, a00=dataclasses.replace(sm.a00, family="lognorm", params={"s": 0.05, "loc": 0.0, "scale": 40.0})).save(path)
+    return path
+
+
+def test_generate_writes_a_reproducible_particle_library(tmp_path):
+    model = _small_shell_model(tmp_path / "small.json")
+    r = run("generate", "-n", 3, "--seed", 1, "-o", tmp_path / "lib", "--shell-model", model, "--voxel-size", "100nm",
+            "--workers", 1, "--preview", 2, "--no-progress")
     assert r.exit_code == 0, r.output
-    cols, data = read_table(tmp_path / "lib" / "shells.csv")
-    assert cols[:3] == ["particle", "d_max_um", "d_min_um"] and "volume_um3" in cols
-    assert data.shape[0] == 6
+    assert "3 particles made" in r.output
+    cols, data = read_table(tmp_path / "lib" / "particles.csv")
+    assert cols[:3] == ["particle", "grain_count", "volume_um3"] and data.shape[0] == 3
     man = json.loads((tmp_path / "lib" / "manifest.json").read_text())
-    assert man["seed"] == 1 and man["n_particles"] == 6 and man["shell_model"]["source"] == "paper"
+    assert man["config"]["seed"] == 1 and man["n_particles"] == 3 and man["models"]["grain_model"] == "default"
+    assert man["config"]["voxel_size_um"] == pytest.approx(0.1)
+    labels = tifffile.imread(tmp_path / "lib" / "particle_000002" / "labels.tif")
+    assert labels.max() == data[2, 1]
     assert (tmp_path / "lib" / "preview.png").stat().st_size > 1000
-    # one stream per particle: the first 3 of a 3-particle library equal those of the 6-particle one
-    r = run("generate", "-n", 3, "--seed", 1, "-o", tmp_path / "lib3", "--preview", 0)
+    # one stream per particle: the first 2 of a 2-particle library equal those of the 3-particle one
+    r = run("generate", "-n", 2, "--seed", 1, "-o", tmp_path / "lib2", "--shell-model", model, "--voxel-size", "0.1um",
+            "--workers", 1, "--preview", 0)
     assert r.exit_code == 0
-    np.testing.assert_array_equal(read_table(tmp_path / "lib3" / "shells.csv")[1], data[:3])
-    # d_max in micrometres: the paper model's particles are around 10 um
-    assert 3 < np.median(data[:, 1]) < 25
+    np.testing.assert_array_equal(read_table(tmp_path / "lib2" / "particles.csv")[1], data[:2])
+    # rerun: nothing to make
+    r = run("generate", "-n", 3, "--seed", 1, "-o", tmp_path / "lib", "--shell-model", model, "--voxel-size", "100nm",
+            "--workers", 1, "--preview", 0, "--no-progress")
+    assert r.exit_code == 0 and "0 particles made" in r.output and "3 already there" in r.output
+
+
+def test_generate_bad_input(tmp_path):
+    model = _small_shell_model(tmp_path / "small.json")
+    assert_one_line_error(run("generate", "-n", 1, "-o", tmp_path / "l", "--voxel-size", "-50nm"), "length")
+    assert_one_line_error(run("generate", "-n", 1, "-o", tmp_path / "l", "--format", "obj"), "unknown format")
+    assert_one_line_error(run("generate", "-n", 1, "-o", tmp_path / "l", "--grain-model", model), "grain model")
+    assert_one_line_error(run("generate", "-n", 1, "-o", tmp_path / "l", "--shell-model", model, "--workers", 0), "workers")
+    assert_one_line_error(run("generate", "-n", 1, "-o", tmp_path / "l", "--shell-model", model, "--scheduler", "tcp://127.0.0.1:1"), "dask scheduler")
 
 
 def test_bad_input_gives_one_line_errors(tmp_path):

@@ -297,6 +297,12 @@ def test_particle_summary(particle):
     assert abs(s["sphericity"] - 1) < 0.05
     assert s["grain_count"] == 1 and s["grain_boundary_area_per_volume_um_inv"] == 0
     assert s["mean_grain_diameter_um"] == pytest.approx(2 * 0.5 * r, rel=0.02)
+    # the fast face-count estimate: the grain table's outer area, within 5% of the ball's
+    f = particle_summary(ball, 0.5, surface="faces")
+    assert f["surface_area_um2"] == pytest.approx(grain_table(ball, 0.5)[1][0, 7])
+    assert abs(f["sphericity"] - 1) < 0.06 and f["volume_um3"] == s["volume_um3"]
+    with pytest.raises(StereograinError, match="'mesh' or 'faces'"):
+        particle_summary(ball, 0.5, surface="marching")
 
     s = particle_summary(particle, V)
     _, table = grain_table(particle, V)

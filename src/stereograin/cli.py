@@ -179,16 +179,32 @@ def shell_sample(
 def generate(
     n: Annotated[int, typer.Option("-n", help="Number of particles.")] = 20,
     seed: Annotated[int, typer.Option(help="Master seed; particle i uses its own derived stream.")] = 0,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Library folder.")] = Path("library"),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Library folder (rerun to resume: finished particles are kept).")] = Path("library"),
     shell_model: Annotated[str, typer.Option(help="Shell model .json, or 'paper' (built-in, Table 1).")] = "paper",
-    preview: Annotated[int, typer.Option(help="Shells rendered in preview.png (0: none).")] = 8,
+    grain_model: Annotated[str, typer.Option(help="Grain model folder from `grains fit`, or 'default' (built-in).")] = "default",
+    voxel_size: Annotated[str, typer.Option(help="Voxel edge of label volumes and meshes, e.g. 0.05um or 50nm.")] = "0.05um",
+    fmt: Annotated[str, typer.Option("--format", help="Comma-separated outputs besides labels.tif: zarr, h5, vtk (.vti), vtp, stl, ply (grain surfaces), msh, inp, vtu (hexahedral FEM meshes); or 'analytic' (parameters only, no voxels).")] = "tif",
+    workers: Annotated[int | None, typer.Option(help="Local worker processes (default: all cores).")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="Address of a running dask.distributed scheduler, e.g. tcp://host:8786 (OUT must be on a shared file system).")] = None,
+    preview: Annotated[int, typer.Option(help="Render the first N particles, cut open, into preview.png (0: none).")] = 4,
+    com_spacing: Annotated[float, typer.Option(help="Grid spacing (px of 50 nm) for the grains' centres of mass.")] = 2.0,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
-    """Generate a library of virtual particles (for now: outer shells only, in micrometres)."""
-    from .library import generate_library
+    """Generate a library of virtual particles: shell + grains, label volumes, meshes, tables."""
+    from .grains.model import GrainModel
+    from .library import LibraryConfig, generate_library
 
+    config = LibraryConfig(seed, fmt, _length_nm(voxel_size) / 1000.0, com_spacing)
     m = _load_shell_model(shell_model)
-    generate_library(output, n, seed, m, shell_model_name=shell_model, preview=preview)
-    typer.echo(f"{n} particle shells -> {output}/shells.csv (grain architectures come with the grain model)")
+    g = GrainModel.load(grain_model)
+    info = generate_library(output, n, config, m, g, shell_model_name=shell_model, grain_model_name=grain_model,
+                            workers=workers, scheduler=scheduler, preview=preview, progress=not no_progress)
+    rate = info["made"] / info["seconds"] if info["seconds"] > 0 and info["made"] else float("nan")
+    kept = info["n_particles"] - info["made"]
+    typer.echo(
+        f"{info['made']} particles made ({rate:.2f}/s)" + (f", {kept} already there" if kept else "")
+        + f" -> {output}/particles.csv, {output}/particle_NNNNNN/ ({', '.join(config.formats)})"
+    )
 
 
 def _section_files(paths: list[Path]) -> list[Path]:

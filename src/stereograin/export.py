@@ -574,7 +574,9 @@ def write_grain_table(
         raise _write_failed(path, exc) from None
 
 
-def particle_summary(labels: np.ndarray, voxel_size_um: float, smoothing_iterations: int = 20) -> dict[str, float]:
+def particle_summary(
+    labels: np.ndarray, voxel_size_um: float, smoothing_iterations: int = 20, surface: str = "mesh"
+) -> dict[str, float]:
     """Whole-particle size, shape and grain statistics.
 
     Parameters
@@ -590,6 +592,12 @@ def particle_summary(labels: np.ndarray, voxel_size_um: float, smoothing_iterati
         of a ball by about 9% at every size (sphericity about 0.92); 20 passes
         (lambda 0.5, mu -0.53, which keep the enclosed volume within about 1%)
         bring balls of radius 3 to 15 voxels to within about 1.5% of 4 pi R^2.
+    surface : {"mesh", "faces"}
+        How the particle's surface area is measured: ``"mesh"`` as above, or
+        ``"faces"``: outer voxel faces x 2/3 v^2, the estimator the grain
+        boundaries use (:func:`grain_table`; right on average for surfaces of
+        random orientation, within 5% on a ball), several times faster on
+        large particles (particle libraries use it).
 
     Returns
     -------
@@ -619,6 +627,8 @@ def particle_summary(labels: np.ndarray, voxel_size_um: float, smoothing_iterati
         raise StereograinError(f"smoothing_iterations must be a whole number >= 0, got {smoothing_iterations!r}")
     if smoothing_iterations < 0:
         raise StereograinError(f"smoothing_iterations must be >= 0, got {smoothing_iterations}")
+    if surface not in ("mesh", "faces"):
+        raise StereograinError(f"surface must be 'mesh' or 'faces', got {surface!r}")
     if not arr.any():
         raise StereograinError("particle is empty (all labels are 0); nothing to summarise")
     flat = arr.ravel()
@@ -626,16 +636,19 @@ def particle_summary(labels: np.ndarray, voxel_size_um: float, smoothing_iterati
     counts = np.bincount(flat, minlength=n)[1:]
     grains = counts[counts > 0].astype(np.float64)
     volume = float(grains.sum()) * v**3
-    mask = np.pad(arr != 0, 1).astype(np.float32)
-    verts, faces, _, _ = marching_cubes(mask, level=0.5, spacing=(v, v, v))
-    if smoothing_iterations:
-        import trimesh
+    _, outer, internal = _face_counts(arr, n)
+    if surface == "faces":
+        area = _FACE_AREA_FACTOR * float(outer.sum()) * v**2
+    else:
+        mask = np.pad(arr != 0, 1).astype(np.float32)
+        verts, faces, _, _ = marching_cubes(mask, level=0.5, spacing=(v, v, v))
+        if smoothing_iterations:
+            import trimesh
 
-        tm = trimesh.Trimesh(verts, faces, process=False)
-        trimesh.smoothing.filter_taubin(tm, lamb=0.5, nu=0.53, iterations=int(smoothing_iterations))
-        verts = np.asarray(tm.vertices)
-    area = float(mesh_surface_area(verts, faces))
-    _, _, internal = _face_counts(arr, n)
+            tm = trimesh.Trimesh(verts, faces, process=False)
+            trimesh.smoothing.filter_taubin(tm, lamb=0.5, nu=0.53, iterations=int(smoothing_iterations))
+            verts = np.asarray(tm.vertices)
+        area = float(mesh_surface_area(verts, faces))
     grain_volumes = grains * v**3
     return {
         "volume_um3": volume,

@@ -67,10 +67,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+def write_json(path: str | os.PathLike, obj: Any, compact: bool = False) -> None:
+    """Write ``obj`` as JSON, atomically: indented, or ``compact`` (no spaces) for large arrays."""
+    text = json.dumps(obj, allow_nan=False, separators=(",", ":")) if compact else json.dumps(obj, indent=2, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        tmp.write_text(text + "\n", encoding="utf-8")
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

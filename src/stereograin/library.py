@@ -1,29 +1,103 @@
-"""Particle libraries: many particles, one derived random stream each.
+"""Particle libraries: many particles, one derived random stream each, resumable, parallel.
 
 Particle ``i`` of a library with master seed ``s`` is drawn from the stream
-``SeedSequence(s, spawn_key=(i,))``, so any particle can be regenerated alone
-and the library does not depend on how the work is split.
+``SeedSequence(s, spawn_key=(i,))``, and nothing it computes depends on the
+number of threads or workers (:func:`~stereograin.grains.generator.sample_markers`
+cuts its batches for a fixed thread count; labelling is exact), so particle
+``i`` is the same made alone, serially, or on any number of local or dask
+workers.
 
-Until the grain model lands, a library holds outer shells only.
+Layout of ``OUT``::
+
+    manifest.json            what the library is: seed, formats, voxel size, models (SHA-256)
+    models/shell_model.json  the models it was made with (workers load them from here)
+    models/grain_model/
+    particle_000000/         one folder per particle, renamed into place when complete
+        particle.json        the analytic particle (stereograin.particle)
+        particle.csv         one row: the particle's summary (the row of particles.csv)
+        grains.csv           one row per grain
+        labels.tif           the label volume (uint32, 0 = outside), unless --format analytic
+        ...                  whatever --format adds (labels.zarr/.h5/.vti, grains.vtp/.stl/.ply, mesh.msh/.inp/.vtu)
+    particles.csv            all finished particles' rows, written at the end of a run
+    preview.png              renderings of the first particles (optional)
+
+Resuming. A particle folder appears only complete (it is built under a
+temporary name and renamed), so a rerun skips every ``particle_NNNNNN`` it
+finds and makes the rest; a rerun with another seed, other formats, voxel
+size or models is refused (the number of particles may change). A dask
+cluster (``scheduler``) must see ``OUT`` on a shared file system.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__, sphere
-from .descriptors import SHELL_DESCRIPTORS, describe_coefficients
+from . import __version__
 from .errors import StereograinError
-from .io import write_json, write_table
-from .shell import ShellModel
+from .io import read_json, read_table, write_json, write_table
 
-__all__ = ["particle_rng", "sample_shells", "generate_library"]
+__all__ = [
+    "FORMATS",
+    "PARTICLE_COLUMNS",
+    "LibraryConfig",
+    "parse_formats",
+    "particle_rng",
+    "particle_folder",
+    "make_library_particle",
+    "generate_library",
+]
 
 MANIFEST = "manifest.json"
+LIBRARY_FORMAT = "stereograin.library"
+LIBRARY_FORMAT_VERSION = 2
+
+#: ``--format`` names and the file each adds to a particle folder (``tif`` is always written
+#: unless the library is ``analytic``).
+FORMATS: dict[str, str | None] = {
+    "analytic": None,
+    "tif": "labels.tif",
+    "zarr": "labels.zarr",
+    "h5": "labels.h5",
+    "vti": "labels.vti",
+    "vtp": "grains.vtp",
+    "stl": "grains.stl",
+    "ply": "grains.ply",
+    "msh": "mesh.msh",
+    "inp": "mesh.inp",
+    "vtu": "mesh.vtu",
+}
+_ALIASES = {"tiff": "tif", "hdf5": "h5", "vtk": "vti", "gmsh": "msh", "abaqus": "inp"}
+
+#: Columns of ``particle.csv`` / ``particles.csv`` (lengths um, areas um^2, volumes um^3).
+#: Voxel-based columns are NaN in an ``analytic`` library (no voxels are made).
+PARTICLE_COLUMNS = (
+    "particle",
+    "grain_count",
+    "volume_um3",
+    "surface_area_um2",
+    "sphericity",
+    "grain_boundary_area_per_volume_um_inv",
+    "mean_grain_volume_um3",
+    "mean_grain_diameter_um",
+    "shell_volume_um3",
+    "shell_surface_area_um2",
+    "shell_sphericity",
+    "shell_d_max_um",
+    "shell_d_min_um",
+)
 
 
 def particle_rng(seed: int, index: int) -> np.random.Generator:
@@ -31,88 +105,408 @@ def particle_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index),)))
 
 
-def sample_shells(model: ShellModel, indices: np.ndarray, seed: int, progress: bool = False) -> np.ndarray:
-    """Coefficients of the shells of particles ``indices``, each from its own stream.
+def particle_folder(out: str | Path, index: int) -> Path:
+    """``OUT/particle_NNNNNN`` of particle ``index``."""
+    return Path(out) / f"particle_{int(index):06d}"
+
+
+def parse_formats(text: str | Iterable[str]) -> tuple[str, ...]:
+    """Canonical format names from ``"zarr,vtk,msh"`` (or a list); ``tif`` is added unless analytic.
+
+    Raises
+    ------
+    StereograinError
+        For an unknown name, or ``analytic`` mixed with voxel formats.
+    """
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names = []
+    for raw in items:
+        name = str(raw).strip().lower().lstrip(".")
+        if not name:
+            continue
+        name = _ALIASES.get(name, name)
+        if name not in FORMATS:
+            raise StereograinError(f"unknown format {raw.strip()!r}; choose from {', '.join(FORMATS)} (comma-separated)")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise StereograinError("no format given; e.g. --format tif or --format analytic")
+    if "analytic" in names:
+        if len(names) > 1:
+            raise StereograinError("--format analytic writes parameters only; drop it or drop the voxel and mesh formats")
+        return ("analytic",)
+    return tuple(["tif"] + [n for n in names if n != "tif"])
+
+
+@dataclass(frozen=True)
+class LibraryConfig:
+    """What every particle of a library is made with (recorded in the manifest).
+
+    Attributes
+    ----------
+    seed : int
+        Master seed.
+    formats : tuple of str
+        Canonical names (:func:`parse_formats`).
+    voxel_size_um : float
+        Voxel edge of the label volumes and meshes (um).
+    com_spacing_px : float
+        Grid spacing of the grains' centres of mass (px; :mod:`stereograin.particle`).
+    """
+
+    seed: int
+    formats: tuple[str, ...] = ("tif",)
+    voxel_size_um: float = 0.05
+    com_spacing_px: float = 2.0
+
+    def __post_init__(self) -> None:
+        v = float(self.voxel_size_um)
+        if not (v > 0 and math.isfinite(v)):
+            raise StereograinError(f"voxel size must be positive, got {self.voxel_size_um!r} um")
+        if v < 0.005:
+            raise StereograinError(f"voxel size {v:g} um is below 5 nm: a 10 um particle would hold 8e9 voxels; use e.g. 0.05um")
+        h = float(self.com_spacing_px)
+        if not (0 < h <= 10 and math.isfinite(h)):
+            raise StereograinError(f"centre-of-mass spacing must be in (0, 10] px, got {self.com_spacing_px!r}")
+        object.__setattr__(self, "formats", parse_formats(self.formats))
+
+    @property
+    def voxelised(self) -> bool:
+        return self.formats != ("analytic",)
+
+
+# ------------------------------------------------------------------ one particle
+_MODELS: dict[str, tuple[Any, Any]] = {}
+
+
+def _models(models_dir: Path) -> tuple[Any, Any]:
+    """The library's shell and grain models, loaded once per process."""
+    from .grains.model import GrainModel
+    from .shell import ShellModel
+
+    key = str(models_dir)
+    if key not in _MODELS:
+        _MODELS[key] = (ShellModel.load(models_dir / "shell_model.json"), GrainModel.load(models_dir / "grain_model"))
+    return _MODELS[key]
+
+
+def _summary_row(index: int, particle: Any, labels: np.ndarray | None, config: LibraryConfig) -> tuple[np.ndarray, tuple[list[str], np.ndarray]]:
+    """The particle's row of ``particles.csv`` and its grain table."""
+    from .descriptors import describe_coefficients
+    from .export import GRAIN_TABLE_COLUMNS, grain_table, particle_summary
+
+    um = particle.ct_voxel_nm / 1000.0
+    shell = describe_coefficients(particle.coefficients[None], level=3)
+    shell_cols = [
+        shell["volume"][0] * um**3, shell["surface_area"][0] * um**2, shell["sphericity"][0],
+        shell["d_max"][0] * um, shell["d_min"][0] * um,
+    ]
+    if labels is not None:
+        s = particle_summary(labels, config.voxel_size_um, surface="faces")
+        row = [s["grain_count"], s["volume_um3"], s["surface_area_um2"], s["sphericity"],
+               s["grain_boundary_area_per_volume_um_inv"], s["mean_grain_volume_um3"], s["mean_grain_diameter_um"]]
+        _, origin = _voxel_grid(particle, config.voxel_size_um)
+        table = grain_table(labels, config.voxel_size_um, origin)
+    else:
+        # analytic: grain volumes and centres from the assembly grid, no surfaces
+        px = particle.px_um
+        vol = particle.volumes_px3 * px**3
+        diam = np.cbrt(6.0 * vol / math.pi)
+        nan = float("nan")
+        row = [particle.n_grains, vol.sum(), nan, nan, nan, vol.mean(), diam.mean()]
+        data = np.column_stack([
+            np.arange(1, particle.n_grains + 1), vol, particle.centres_px * px, diam,
+            np.full(particle.n_grains, nan), np.full(particle.n_grains, nan),
+        ])
+        table = (list(GRAIN_TABLE_COLUMNS), data)
+    return np.array([index, *row, *shell_cols], dtype=np.float64), table
+
+
+def _voxel_grid(particle: Any, voxel_size_um: float) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and origin (um) of :meth:`Particle.label_volume`'s grid, without labelling it."""
+    vp = voxel_size_um / particle.px_um
+    i0 = np.floor(particle.box_px[:, 0] / vp)
+    i1 = np.ceil(particle.box_px[:, 1] / vp)
+    return tuple(int(s) for s in (i1 - i0 + 1)[::-1]), i0 * voxel_size_um
+
+
+def make_library_particle(out: str | Path, index: int, config: LibraryConfig) -> np.ndarray:
+    """Make particle ``index`` of the library in ``out`` (models from ``out/models``) and return its row.
+
+    Idempotent: a particle whose folder exists is not remade; its row is read back.
+    The folder is written under a temporary name and renamed when complete, so an
+    interruption (or a full disk) leaves nothing under ``particle_NNNNNN``.
 
     Returns
     -------
-    (len(indices), (L+1)**2) float64 -- CT voxels
+    (len(PARTICLE_COLUMNS),) float64
     """
-    idx = np.asarray(indices, dtype=np.int64)
-    out = np.empty((idx.size, (model.L + 1) ** 2))
-    for row, i in enumerate(tqdm(idx, desc="shells", unit="particle", disable=not progress)):
-        out[row] = model.sample(1, particle_rng(seed, i), workers=1)[0]
-    return out
+    from .export import write_grain_table, write_hex_mesh, write_surface_mesh, write_volume
+    from .particle import make_particle
+
+    out = Path(out)
+    final = particle_folder(out, index)
+    if final.is_dir():
+        return read_table(final / "particle.csv")[1][0]
+    shell_model, grain_model = _models(out / "models")
+    particle = make_particle(
+        shell_model, grain_model, particle_rng(config.seed, index), config.com_spacing_px,
+        provenance={"library_seed": int(config.seed), "index": int(index), "stereograin_version": __version__},
+    )
+    tmp = out / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        tmp.mkdir()
+        particle.save(tmp / "particle.json")
+        labels = None
+        if config.voxelised:
+            labels, origin = particle.label_volume(config.voxel_size_um)
+            for fmt in config.formats:
+                name = FORMATS[fmt]
+                v = config.voxel_size_um
+                if name.startswith("labels."):
+                    write_volume(tmp / name, labels, v, origin)
+                elif name.startswith("grains."):
+                    write_surface_mesh(tmp / name, labels, v, origin)
+                else:
+                    write_hex_mesh(tmp / name, labels, v, origin)
+        row, (cols, data) = _summary_row(index, particle, labels, config)
+        write_table(tmp / "grains.csv", cols, data)
+        write_table(tmp / "particle.csv", list(PARTICLE_COLUMNS), row[None])
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not final.is_dir():  # another worker may have finished the same particle first
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise StereograinError(f"cannot write particle {index} into {out} ({exc.strerror or exc}); is the disk full or the folder read-only?") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return row
+
+
+# ------------------------------------------------------------------ the library
+def _sha256_files(paths: Iterable[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _install_models(out: Path, shell_model: Any, grain_model: Any) -> dict[str, str]:
+    """Write the models into ``out/models`` (first run) and return their SHA-256."""
+    models = out / "models"
+    tmp = Path(tempfile.mkdtemp(prefix=".models.", dir=out))
+    try:
+        shell_model.save(tmp / "shell_model.json")
+        grain_model.save(tmp / "grain_model")
+        # the grain model's JSON records the weights' hash; the weights file is hashed with it
+        digests = {
+            "shell_model": _sha256_files([tmp / "shell_model.json"]),
+            "grain_model": _sha256_files((tmp / "grain_model").iterdir()),
+        }
+        if not models.exists():
+            os.replace(tmp, models)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return digests
+
+
+def _check_resume(out: Path, manifest: dict[str, Any]) -> None:
+    old = read_json(out / MANIFEST, "library manifest")
+    if not isinstance(old, dict) or old.get("format") != LIBRARY_FORMAT:
+        raise StereograinError(f"{out} holds a {MANIFEST} that is not a stereograin library's; choose another folder")
+    for key, what in (("config", "settings"), ("model_sha256", "models")):
+        if old.get(key) != manifest[key]:
+            raise StereograinError(
+                f"{out} is a library made with other {what} ({old.get(key)} there, {manifest[key]} now); "
+                "use the same ones to resume, or another output folder"
+            )
+
+
+def _finished(out: Path, n: int) -> set[int]:
+    done = set()
+    for p in out.glob("particle_*"):
+        tail = p.name[len("particle_"):]
+        if p.is_dir() and tail.isdigit() and int(tail) < n:
+            done.add(int(tail))
+    return done
+
+
+def _limit_threads() -> None:
+    """Worker processes: one thread each (the pool provides the parallelism)."""
+    import numba
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+    threadpool_limits(1)
+
+
+def _run_local(out: Path, todo: list[int], config: LibraryConfig, workers: int) -> Iterator[np.ndarray]:
+    """Rows of particles ``todo`` as they finish, made by ``workers`` local processes (1: in this one)."""
+    if workers == 1:
+        for i in todo:
+            yield make_library_particle(out, i, config)
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # spawn, not fork: torch's and numba's thread pools do not survive a fork
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_limit_threads) as pool:
+        yield from _bounded(lambda i: pool.submit(make_library_particle, out, i, config), todo, 4 * workers,
+                            lambda fs: wait(fs, return_when=FIRST_COMPLETED)[0])
+
+
+def _run_dask(out: Path, todo: list[int], config: LibraryConfig, scheduler: str) -> Iterator[np.ndarray]:
+    """Rows of particles ``todo`` made on the dask.distributed cluster at ``scheduler``."""
+    from distributed import Client, wait
+
+    try:
+        client = Client(scheduler, timeout="10s")
+    except (OSError, TimeoutError) as exc:
+        raise StereograinError(f"cannot reach the dask scheduler at {scheduler} ({exc}); start it or check the address") from None
+    with client:
+        width = 4 * max(1, sum(client.nthreads().values()))
+        yield from _bounded(lambda i: client.submit(make_library_particle, out, i, config, pure=False), todo, width,
+                            lambda fs: wait(list(fs), return_when="FIRST_COMPLETED").done)
+
+
+def _bounded(submit: Callable[[int], Any], todo: list[int], width: int, wait_some: Callable[[set], set]) -> Iterator[np.ndarray]:
+    """Keep at most ``width`` tasks in flight (a million futures at once would not fit in memory)."""
+    it = iter(todo)
+    running: set = set()
+    try:
+        for i in it:
+            running.add(submit(i))
+            if len(running) >= width:
+                done = wait_some(running)
+                running -= done
+                for f in done:
+                    yield f.result()
+        while running:
+            done = wait_some(running)
+            running -= done
+            for f in done:
+                yield f.result()
+    finally:
+        for f in running:
+            f.cancel()
 
 
 def generate_library(
     out: str | Path,
     n: int,
-    seed: int,
-    shell_model: ShellModel,
+    config: LibraryConfig,
+    shell_model: Any,
+    grain_model: Any,
     shell_model_name: str = "paper",
-    level: int = 3,
-    preview: int = 8,
+    grain_model_name: str = "default",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    preview: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write a library of ``n`` particle shells into folder ``out``.
-
-    Files: ``shells.csv`` (one row per particle: ``particle`` index,
-    descriptors in micrometres, then SH coefficients in CT voxels),
-    ``manifest.json`` (seed, models, units, version) and, if ``preview``,
-    ``preview.png`` (3D renderings of the first shells).
+    """Make (or complete) a library of ``n`` particles in folder ``out``.
 
     Parameters
     ----------
     out : path
-        Output folder (created; must not be a file).
+        Library folder (created; must not be a file). See the module notes for its layout.
     n : int
-        Number of particles.
-    seed : int
-        Master seed.
+        Number of particles (indices ``0..n-1``).
+    config : LibraryConfig
+        Seed, formats, voxel size, centre-of-mass spacing.
     shell_model : ShellModel
-    shell_model_name : str
-        Where the model came from (recorded in the manifest).
-    level : int
-        Icosphere level of the descriptors.
+    grain_model : GrainModel
+    shell_model_name, grain_model_name : str
+        Where the models came from (recorded in the manifest).
+    workers : int, optional
+        Local worker processes (default: all cores; 1 runs in this process).
+    scheduler : str, optional
+        Address of a running dask.distributed scheduler (``tcp://host:8786``);
+        overrides ``workers``.
     preview : int
-        Shells shown in ``preview.png`` (0: none).
+        Render the first ``preview`` particles into ``preview.png`` (0: none).
     progress : bool
-        Show progress bars.
+        Show a progress bar (particles per second and ETA).
+
+    Returns
+    -------
+    dict
+        The manifest, with ``made`` (particles made by this call) and ``seconds``.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise StereograinError(f"output {out} is a file; give a folder for the library")
-    if n < 1 or n > 10_000_000:
-        raise StereograinError(f"number of particles must be in 1..1e7, got {n}")
-    out.mkdir(parents=True, exist_ok=True)
-    coefs = sample_shells(shell_model, np.arange(n), seed, progress=progress)
-    desc = describe_coefficients(coefs, level=level, progress=progress)
-    um = shell_model.voxel_size_nm / 1000.0
-    power = {"d_max": 1, "d_min": 1, "surface_area": 2, "volume": 3}
-    cols = ["particle"] + [k + {0: "", 1: "_um", 2: "_um2", 3: "_um3"}[power.get(k, 0)] for k in SHELL_DESCRIPTORS]
-    values = [desc[k] * um ** power.get(k, 0) for k in SHELL_DESCRIPTORS]
-    write_table(
-        out / "shells.csv",
-        cols + sphere.coefficient_names(shell_model.L),
-        np.column_stack([np.arange(n), *values, coefs]),
-    )
-    manifest = {
-        "format": "stereograin.library",
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 100_000_000:
+        raise StereograinError(f"number of particles must be in 1..1e8, got {n!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
+        raise StereograinError(f"workers must be a positive integer, got {workers!r}")
+    if not isinstance(preview, (int, np.integer)) or preview < 0:
+        raise StereograinError(f"preview must be a number of particles >= 0, got {preview!r}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StereograinError(f"cannot create library folder {out} ({exc.strerror or exc})") from None
+    digests = _install_models(out, shell_model, grain_model)
+    cfg = asdict(config)
+    cfg["formats"] = list(config.formats)
+    manifest: dict[str, Any] = {
+        "format": LIBRARY_FORMAT,
+        "format_version": LIBRARY_FORMAT_VERSION,
         "stereograin_version": __version__,
         "n_particles": int(n),
-        "seed": int(seed),
-        "random_streams": "particle i uses numpy SeedSequence(seed, spawn_key=(i,))",
-        "contents": "outer shells only (the grain model is not available yet)",
-        "shell_model": {"source": shell_model_name, "model": shell_model.to_dict()},
-        "units": {"descriptors": "micrometres", "coefficients": "CT voxels", "voxel_size_nm": shell_model.voxel_size_nm},
-        "descriptor_level": int(level),
+        "config": cfg,
+        "model_sha256": digests,
+        "models": {"shell_model": shell_model_name, "grain_model": grain_model_name, "folder": "models/"},
+        "random_streams": "particle i uses numpy SeedSequence(seed, spawn_key=(i,)); shell, then grains, from its children",
+        "units": {"tables": "micrometres", "label_volume": "uint32, 0 = outside, grains 1..k",
+                  "voxel_size_um": config.voxel_size_um, "particle_json": "shell in CT voxels, grains in px"},
+        "layout": "particle_NNNNNN/{particle.json, particle.csv, grains.csv, labels.tif, ...}",
     }
+    if (out / MANIFEST).exists():
+        _check_resume(out, manifest)
+    elif any(p.name.startswith("particle_") for p in out.iterdir()):
+        raise StereograinError(f"{out} holds particle folders but no {MANIFEST}; choose an empty folder")
+    installed = out / "models"
+    if _sha256_files([installed / "shell_model.json"]) != digests["shell_model"] or \
+            _sha256_files((installed / "grain_model").iterdir()) != digests["grain_model"]:
+        raise StereograinError(f"{installed} holds other models than the ones given; use the same ones or another folder")
+    write_json(out / MANIFEST, {**manifest, "finished": None})
+
+    done = _finished(out, n)
+    todo = [i for i in range(n) if i not in done]
+    rows: dict[int, np.ndarray] = {}
+    t0 = time.perf_counter()
+    nw = (os.cpu_count() or 1) if workers is None else int(workers)
+    nw = max(1, min(nw, len(todo)))
+    runner = _run_dask(out, todo, config, scheduler) if scheduler else _run_local(out, todo, config, nw)
+    with tqdm(total=n, initial=len(done), desc="particles", unit="particle", disable=not progress, smoothing=0.1) as bar:
+        for row in runner:
+            rows[int(row[0])] = row
+            bar.update(1)
+    seconds = time.perf_counter() - t0
+    for i in sorted(done):
+        rows[i] = read_table(particle_folder(out, i) / "particle.csv")[1][0]
+    table = np.array([rows[i] for i in sorted(rows)])
+    write_table(out / "particles.csv", list(PARTICLE_COLUMNS), table)
+    manifest["finished"] = len(rows)
     write_json(out / MANIFEST, manifest)
     if preview:
-        from .plots import shell_gallery
+        _preview(out, min(preview, n), config)
+    return {**manifest, "made": len(todo), "seconds": seconds}
 
-        # SH expansions are linear: scaling the coefficients renders the shells in micrometres.
-        shell_gallery(coefs[:preview] * um, out / "preview.png", unit="µm")
-    return manifest
 
+def _preview(out: Path, k: int, config: LibraryConfig) -> None:
+    """``preview.png``: the first ``k`` particles rendered (cut open), voxelised at >= 0.1 um."""
+    from .particle import Particle
+    from .render import contact_sheet
+
+    v = max(config.voxel_size_um, 0.1)
+    vols = [Particle.load(particle_folder(out, i)).label_volume(v)[0] for i in range(k)]
+    contact_sheet(vols, v, out / "preview.png", titles=[f"particle {i}" for i in range(k)])

@@ -1,0 +1,161 @@
+"""Particle libraries: layout, one stream per particle, workers and dask, resume, formats, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+
+import numpy as np
+import pytest
+
+from stereograin.errors import StereograinError
+from stereograin.grains.model import GrainModel
+from stereograin.io import read_table
+from stereograin.library import (
+    PARTICLE_COLUMNS,
+    LibraryConfig,
+    generate_library,
+    make_library_particle,
+    parse_formats,
+    particle_folder,
+)
+from stereograin.shell import paper_model
+
+
+@pytest.fixture(scope="module")
+def models():
+    """The paper's shell laws with small particles (about 1.5 um across) and the default grains."""
+    sm = paper_model()
+    sm = dataclasses.replace(sm, a00=dataclasses.replace(sm.a00, family="lognorm", params={"s": 0.05, "loc": 0.0, "scale": 40.0}))
+    return sm, GrainModel.load("default")
+
+
+def _json(lib, i):
+    return (particle_folder(lib, i) / "particle.json").read_bytes()
+
+
+def _make(out, n, models, **kw):
+    cfg = LibraryConfig(kw.pop("seed", 3), kw.pop("formats", "analytic"), kw.pop("voxel_size_um", 0.1))
+    return generate_library(out, n, cfg, *models, progress=False, **kw)
+
+
+def test_layout_manifest_and_tables(tmp_path, models):
+    info = _make(tmp_path / "lib", 3, models, workers=1)
+    lib = tmp_path / "lib"
+    assert info["made"] == 3 and info["finished"] == 3
+    man = json.loads((lib / "manifest.json").read_text())
+    assert man["format"] == "stereograin.library" and man["config"]["seed"] == 3 and man["config"]["formats"] == ["analytic"]
+    assert (lib / "models" / "shell_model.json").is_file() and (lib / "models" / "grain_model" / "grain_model.json").is_file()
+    cols, data = read_table(lib / "particles.csv")
+    assert tuple(cols) == PARTICLE_COLUMNS and data.shape == (3, len(PARTICLE_COLUMNS))
+    d = dict(zip(cols, data.T))
+    np.testing.assert_array_equal(d["particle"], [0, 1, 2])
+    assert np.all(d["grain_count"] > 5)
+    # the grains' union fills about the shell: kept grains poke out as much as dropped ones leave gaps
+    np.testing.assert_allclose(d["volume_um3"], d["shell_volume_um3"], rtol=0.25)
+    assert np.all(np.isnan(d["surface_area_um2"]))  # analytic: no voxels, no surfaces
+    gcols, grains = read_table(particle_folder(lib, 1) / "grains.csv")
+    assert grains.shape[0] == d["grain_count"][1]
+    assert grains[:, 1].sum() == pytest.approx(d["volume_um3"][1])
+    assert not list(lib.glob(".*"))  # no temporary folder left
+
+
+def test_particle_k_is_the_same_alone_serial_parallel_and_on_dask(tmp_path, models):
+    _make(tmp_path / "serial", 3, models, workers=1)
+    _make(tmp_path / "two", 3, models, workers=2)  # two spawned processes, one thread each
+    for i in range(3):
+        assert _json(tmp_path / "serial", i) == _json(tmp_path / "two", i)
+    # particle 2 made alone, in a library of its own
+    alone = tmp_path / "alone"
+    _make(alone, 1, models, workers=1)  # installs the models and manifest
+    make_library_particle(alone, 2, LibraryConfig(3, "analytic", 0.1))
+    assert _json(alone, 2) == _json(tmp_path / "serial", 2)
+    # and on a dask.distributed cluster started here
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        _make(tmp_path / "dask", 3, models, scheduler=cluster.scheduler_address)
+    for i in range(3):
+        assert _json(tmp_path / "dask", i) == _json(tmp_path / "serial", i)
+
+
+def test_resume_keeps_finished_particles_and_makes_the_rest(tmp_path, models, monkeypatch):
+    import stereograin.particle as particle
+
+    lib = tmp_path / "lib"
+    real = particle.make_particle
+
+    def dies_on_2(*args, **kw):
+        if kw.get("provenance", {}).get("index") == 2:
+            raise KeyboardInterrupt  # the run is killed while particle 2 is being made
+        return real(*args, **kw)
+
+    monkeypatch.setattr(particle, "make_particle", dies_on_2)
+    with pytest.raises(KeyboardInterrupt):
+        _make(lib, 4, models, workers=1)
+    monkeypatch.setattr(particle, "make_particle", real)
+    assert sorted(p.name for p in lib.glob("particle_*")) == ["particle_000000", "particle_000001"]
+    assert not list(lib.glob(".particle_*"))
+    before = {i: particle_folder(lib, i).stat().st_mtime_ns for i in (0, 1)}
+    info = _make(lib, 4, models, workers=1)
+    assert info["made"] == 2 and info["finished"] == 4
+    assert {i: particle_folder(lib, i).stat().st_mtime_ns for i in (0, 1)} == before  # never rewritten
+    _make(tmp_path / "whole", 4, models, workers=1)
+    for i in range(4):
+        assert _json(lib, i) == _json(tmp_path / "whole", i)
+    assert read_table(lib / "particles.csv")[1].shape[0] == 4
+    # other settings on the same folder are refused; more particles are fine
+    with pytest.raises(StereograinError, match="other settings"):
+        _make(lib, 4, models, seed=4, workers=1)
+    assert _make(lib, 5, models, workers=1)["made"] == 1
+
+
+def test_voxel_formats_are_written_and_read_back(tmp_path, models):
+    import meshio
+    import pyvista
+    import tifffile
+    import zarr
+
+    lib = tmp_path / "lib"
+    _make(lib, 1, models, workers=1, formats="zarr,vtk,msh,vtp", voxel_size_um=0.2, preview=1)
+    p = particle_folder(lib, 0)
+    labels = tifffile.imread(p / "labels.tif")
+    assert labels.dtype == np.uint32 and labels.max() > 5
+    np.testing.assert_array_equal(zarr.open_group(str(p / "labels.zarr"), mode="r")["labels"][:], labels)
+    img = pyvista.read(p / "labels.vti")
+    assert img.spacing == pytest.approx((0.2, 0.2, 0.2))
+    mesh = meshio.read(p / "mesh.msh")
+    assert sum(len(c.data) for c in mesh.cells) == np.count_nonzero(labels)
+    assert pyvista.read(p / "grains.vtp").n_cells > 0
+    cols, data = read_table(p / "particle.csv")
+    d = dict(zip(cols, data[0]))
+    assert d["grain_count"] == len(np.unique(labels)) - 1
+    assert d["volume_um3"] == pytest.approx(np.count_nonzero(labels) * 0.008)
+    assert 0 < d["sphericity"] < 1.1
+    assert (lib / "preview.png").stat().st_size > 1000
+
+
+def test_bad_input_gives_one_line_errors_and_leaves_nothing_half_written(tmp_path, models, monkeypatch):
+    with pytest.raises(StereograinError, match="unknown format 'obj'"):
+        parse_formats("tif,obj")
+    with pytest.raises(StereograinError, match="parameters only"):
+        parse_formats("analytic,zarr")
+    assert parse_formats("zarr,vtk,msh") == ("tif", "zarr", "vti", "msh")
+    with pytest.raises(StereograinError, match="voxel size must be positive"):
+        LibraryConfig(0, "tif", -0.05)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StereograinError, match="is a file"):
+        _make(tmp_path / "afile", 2, models)
+    with pytest.raises(StereograinError, match="number of particles"):
+        _make(tmp_path / "lib0", 0, models)
+
+    import stereograin.library as library
+
+    def disk_full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(library, "write_table", disk_full)
+    with pytest.raises(StereograinError, match="No space left on device.*disk full"):
+        _make(tmp_path / "full", 1, models, workers=1)
+    assert not list((tmp_path / "full").glob("particle_*")) and not list((tmp_path / "full").glob(".particle*"))
