@@ -124,6 +124,25 @@ def test_generate_writes_a_reproducible_particle_library(tmp_path):
     assert r.exit_code == 0 and "0 particles made" in r.output and "3 already there" in r.output
 
 
+def test_view_renders_a_library_particle(tmp_path):
+    import matplotlib.image
+
+    model = _small_shell_model(tmp_path / "small.json")
+    lib = tmp_path / "lib"
+    assert run("generate", "-n", 1, "-o", lib, "--shell-model", model, "--voxel-size", "100nm", "--workers", 1,
+               "--preview", 0, "--no-progress").exit_code == 0
+    r = run("view", lib / "particle_000000", "-o", tmp_path / "p.png", "--size", 200)
+    assert r.exit_code == 0, r.output
+    assert "voxels of 100 nm" in r.output  # the folder's labels.tif and its voxel size
+    img = matplotlib.image.imread(tmp_path / "p.png")
+    assert img.shape[:2] == (200, 200) and img[..., :3].std() > 0.05
+    r = run("view", lib / "particle_000000" / "particle.json", "-o", tmp_path / "q.png", "--size", 200,
+            "--voxel-size", "50nm", "--no-cut")
+    assert r.exit_code == 0 and "voxels of 50 nm" in r.output
+    assert_one_line_error(run("view", tmp_path / "nothing", "-o", tmp_path / "x.png"), "does not exist")
+    assert_one_line_error(run("view", lib / "particle_000000", "-o", tmp_path / "x.jpg"), "PNG")
+
+
 def test_generate_bad_input(tmp_path):
     model = _small_shell_model(tmp_path / "small.json")
     assert_one_line_error(run("generate", "-n", 1, "-o", tmp_path / "l", "--voxel-size", "-50nm"), "length")

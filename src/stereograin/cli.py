@@ -207,6 +207,42 @@ def generate(
     )
 
 
+@app.command("view")
+@_friendly
+def view(
+    particle: Annotated[Path, typer.Argument(help="A particle folder of a library (particle_NNNNNN/) or its particle.json.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG to write.")],
+    voxel_size: Annotated[str | None, typer.Option(help="Re-voxelise at this size (e.g. 0.1um); default: the folder's labels.tif, else 0.1um.")] = None,
+    cut: Annotated[bool, typer.Option("--cut/--no-cut", help="Cut away the octant in front of the centre to show the grains inside.")] = True,
+    size: Annotated[int, typer.Option(help="Image width and height in pixels.")] = 800,
+) -> None:
+    """Render a particle to PNG (offscreen), grains coloured, cut open."""
+    from .render import render_particle
+
+    labels, v = _particle_labels(particle, voxel_size)
+    render_particle(labels, v, output, cut=cut, size=(size, size))
+    typer.echo(f"{int(labels.max())} grains, {labels.shape[2]}x{labels.shape[1]}x{labels.shape[0]} voxels of {v * 1000:g} nm -> {output}")
+
+
+def _particle_labels(path: Path, voxel_size: str | None) -> tuple[Any, float]:
+    """A particle's label volume (uint32) and voxel size (um): its labels.tif, or voxelised from particle.json."""
+    from .particle import Particle
+
+    folder = path if path.is_dir() else path.parent
+    tif = folder / "labels.tif"
+    if voxel_size is None and tif.is_file():
+        import tifffile
+
+        from .io import read_volume
+
+        with tifffile.TiffFile(tif) as fh:
+            meta = (fh.shaped_metadata or ({},))[0]  # written by export.write_volume
+        if "voxel_size_um" in meta:
+            return read_volume(tif).astype("uint32"), float(meta["voxel_size_um"])
+    v = 0.1 if voxel_size is None else _length_nm(voxel_size) / 1000.0
+    return Particle.load(path).label_volume(v)[0], v
+
+
 def _section_files(paths: list[Path]) -> list[Path]:
     """Expand folders into their EBSD maps / label images (sorted); keep files as given."""
     files: list[Path] = []

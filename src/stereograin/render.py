@@ -99,6 +99,11 @@ def _pyvista() -> Any:
         import pyvista
     except ImportError as exc:  # pragma: no cover - pyvista is a dependency
         raise StereograinError(f"3D rendering needs pyvista and vtk ({exc}); pip install pyvista") from None
+    from vtkmodules.vtkCommonCore import vtkLogger
+
+    # With no X display VTK warns "bad X server connection" before it falls back to an
+    # offscreen context; that is the expected path here, so only errors are shown.
+    vtkLogger.SetStderrVerbosity(vtkLogger.VERBOSITY_ERROR)
     return pyvista
 
 
