@@ -15,7 +15,9 @@ from matplotlib.figure import Figure
 
 from stereograin.coefficients import coefficients_from_labels
 from stereograin.io import atomic_path
-from stereograin.library import generate_library
+from stereograin.grains.model import GrainModel
+from stereograin.library import LibraryConfig, generate_library
+from stereograin.plots import shell_gallery
 from stereograin.report import shell_report
 from stereograin.segmentation import segment
 from stereograin.shell import ShellModel, paper_model
@@ -53,8 +55,13 @@ def main() -> None:
         shell_report(tmp, model, table, data_radii=star.radii, n_model=5000, rng=0)
         (IMAGES / "fit-descriptors.png").write_bytes((Path(tmp) / "descriptors.png").read_bytes())
         (IMAGES / "coefficient-laws.png").write_bytes((Path(tmp) / "coefficient_laws.png").read_bytes())
-        generate_library(Path(tmp) / "lib", 8, 1, paper_model(), progress=False)
-        (IMAGES / "shells.png").write_bytes((Path(tmp) / "lib" / "preview.png").read_bytes())
+        shells = paper_model()
+        coefs = shells.sample(8, np.random.default_rng(1), workers=1)
+        # SH expansions are linear: scaling the coefficients renders the shells in micrometres
+        shell_gallery(coefs * shells.voxel_size_nm / 1000.0, IMAGES / "shells.png", unit="µm")
+        config = LibraryConfig(seed=1, formats=("analytic",))
+        generate_library(Path(tmp) / "lib", 4, config, shells, GrainModel.load("default"), workers=1, preview=4, progress=False)
+        (IMAGES / "particles.png").write_bytes((Path(tmp) / "lib" / "preview.png").read_bytes())
     print(f"images -> {IMAGES}")
 
 

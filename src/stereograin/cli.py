@@ -199,10 +199,10 @@ def generate(
     g = GrainModel.load(grain_model)
     info = generate_library(output, n, config, m, g, shell_model_name=shell_model, grain_model_name=grain_model,
                             workers=workers, scheduler=scheduler, preview=preview, progress=not no_progress)
-    rate = info["made"] / info["seconds"] if info["seconds"] > 0 and info["made"] else float("nan")
-    kept = info["n_particles"] - info["made"]
+    made, kept = info["made"], info["n_particles"] - info["made"]
+    rate = f" ({made / info['seconds']:.2f}/s)" if made and info["seconds"] > 0 else ""
     typer.echo(
-        f"{info['made']} particles made ({rate:.2f}/s)" + (f", {kept} already there" if kept else "")
+        f"{made} particles made{rate}" + (f", {kept} already there" if kept else "")
         + f" -> {output}/particles.csv, {output}/particle_NNNNNN/ ({', '.join(config.formats)})"
     )
 
@@ -213,7 +213,7 @@ def view(
     particle: Annotated[Path, typer.Argument(help="A particle folder of a library (particle_NNNNNN/) or its particle.json.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG to write.")],
     voxel_size: Annotated[str | None, typer.Option(help="Re-voxelise at this size (e.g. 0.1um); default: the folder's labels.tif, else 0.1um.")] = None,
-    cut: Annotated[bool, typer.Option("--cut/--no-cut", help="Cut away the octant in front of the centre to show the grains inside.")] = True,
+    cut: Annotated[bool, typer.Option("--cut/--no-cut", help="Cut away the octant beyond the particle's centroid (towards the viewer) to show the grains inside.")] = True,
     size: Annotated[int, typer.Option(help="Image width and height in pixels.")] = 800,
 ) -> None:
     """Render a particle to PNG (offscreen), grains coloured, cut open."""

@@ -11,6 +11,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -68,10 +69,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_json(path: str | os.PathLike, obj: Any, compact: bool = False) -> None:
-    """Write ``obj`` as JSON, atomically: indented, or ``compact`` (no spaces) for large arrays."""
-    text = json.dumps(obj, allow_nan=False, separators=(",", ":")) if compact else json.dumps(obj, indent=2, allow_nan=False)
+    """Write ``obj`` as JSON, atomically: indented, or ``compact`` for large arrays.
+
+    Compact files are written by orjson, which also takes NumPy arrays (C-contiguous)
+    and is about 10x faster than the standard library on large number arrays; both
+    write the shortest decimal that reads back to the same float64. NaN is refused.
+    """
+    if compact:
+        import orjson
+
+        if _has_nan(obj):  # orjson would write null
+            raise StereograinError(f"cannot write {path}: it holds NaN or infinite values")
+        try:
+            data = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
+        except orjson.JSONEncodeError as exc:
+            raise StereograinError(f"cannot write {path} as JSON ({exc})") from None
+    else:
+        data = (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode("utf-8")
     with atomic_path(path) as tmp:
-        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.write_bytes(data)
+
+
+def _has_nan(obj: Any) -> bool:
+    """Whether a nest of dicts, lists and arrays holds a NaN or an infinity."""
+    if isinstance(obj, dict):
+        return any(_has_nan(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_nan(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return obj.dtype.kind == "f" and not bool(np.isfinite(obj).all())
+    return isinstance(obj, float) and not math.isfinite(obj)
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
@@ -79,8 +106,17 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     path = Path(path)
     if not path.is_file():
         raise StereograinError(f"{what} {path} does not exist; check the path")
+    import orjson
+
+    data = path.read_bytes()
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return orjson.loads(data)  # fast on large number arrays (particle.json)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        # the standard library also reads NaN / Infinity, which other tools write
+        # and the callers' checks then name precisely
+        return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StereograinError(f"{what} {path} is not valid JSON ({exc}); was it written by stereograin?") from None
 

@@ -362,6 +362,14 @@ def _run_local(out: Path, todo: list[int], config: LibraryConfig, workers: int) 
                             lambda fs: wait(fs, return_when=FIRST_COMPLETED)[0])
 
 
+def _dask_particle(out: Path, index: int, config: LibraryConfig) -> np.ndarray:
+    """:func:`make_library_particle` in a dask worker thread: one numba thread (numba's count is per thread)."""
+    import numba
+
+    numba.set_num_threads(1)
+    return make_library_particle(out, index, config)
+
+
 def _run_dask(out: Path, todo: list[int], config: LibraryConfig, scheduler: str) -> Iterator[np.ndarray]:
     """Rows of particles ``todo`` made on the dask.distributed cluster at ``scheduler``."""
     from distributed import Client, wait
@@ -372,7 +380,7 @@ def _run_dask(out: Path, todo: list[int], config: LibraryConfig, scheduler: str)
         raise StereograinError(f"cannot reach the dask scheduler at {scheduler} ({exc}); start it or check the address") from None
     with client:
         width = 4 * max(1, sum(client.nthreads().values()))
-        yield from _bounded(lambda i: client.submit(make_library_particle, out, i, config, pure=False), todo, width,
+        yield from _bounded(lambda i: client.submit(_dask_particle, out, i, config, pure=False), todo, width,
                             lambda fs: wait(list(fs), return_when="FIRST_COMPLETED").done)
 
 
@@ -440,7 +448,7 @@ def generate_library(
     dict
         The manifest, with ``made`` (particles made by this call) and ``seconds``.
     """
-    out = Path(out)
+    out = Path(out).absolute()  # workers (dask) may run in another working directory
     if out.exists() and not out.is_dir():
         raise StereograinError(f"output {out} is a file; give a folder for the library")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 100_000_000:

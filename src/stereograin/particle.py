@@ -29,8 +29,9 @@ distance of the shell surface can change side.
 What is stored (``particle.json``)
 ----------------------------------
 The shell coefficients, the kept grains (seeds, noise, spins, markers) and
-the neighbours that bound them (every cell met on the coarse grid within one
-grid step of the particle's box), the kept grains' centres of mass and
+every other cell met on the assembly grid within one grid step of the
+particle's box (about 2-3 times as many seeds as grains: all of them can win
+voxels of the box, so all are needed to re-voxelise it exactly), the kept grains' centres of mass and
 volumes, and the particle's box. The particle is *defined* as the kept cells
 of the GBPD of the stored seeds, so :meth:`Particle.label_volume` re-voxelises
 it at any resolution with nothing redrawn. (A neighbour whose cell meets the
@@ -338,7 +339,8 @@ class Particle:
 
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:
-        g = self.grains.to_dict()
+        """The particle as a dict of plain values and NumPy arrays (:meth:`save` writes it with orjson)."""
+        g = self.grains.to_dict(lists=False)
         return {
             "format": PARTICLE_FORMAT,
             "format_version": PARTICLE_FORMAT_VERSION,
@@ -347,12 +349,12 @@ class Particle:
                 "shell": "CT voxels", "ct_voxel_nm": float(self.ct_voxel_nm),
                 "grains": "px", "px_nm": float(self.grains.px_nm),
             },
-            "shell": {"L": sphere.degree_of(self.coefficients.size), "coefficients": self.coefficients.tolist()},
+            "shell": {"L": sphere.degree_of(self.coefficients.size), "coefficients": self.coefficients},
             "n_grains": int(self.n_grains),
             "grains": g,
-            "centres_px": _rounded(self.centres_px).tolist(),
-            "volumes_px3": self.volumes_px3.tolist(),
-            "box_px": self.box_px.tolist(),
+            "centres_px": _rounded(self.centres_px),
+            "volumes_px3": self.volumes_px3,
+            "box_px": self.box_px,
             "com_spacing_px": float(self.com_spacing_px),
             "provenance": self.provenance,
         }
@@ -475,6 +477,7 @@ def make_particle(
     rng: np.random.Generator,
     com_spacing_px: float = 2.0,
     provenance: dict[str, Any] | None = None,
+    coefficients: np.ndarray | None = None,
 ) -> Particle:
     """Draw a shell and an independent grain architecture and assemble them.
 
@@ -491,13 +494,21 @@ def make_particle(
     com_spacing_px : float
         Grid spacing for the centres of mass (px).
     provenance : dict, optional
+    coefficients : ((L+1)^2,) array, optional
+        A given shell (CT voxels of ``shell_model.voxel_size_nm``) instead of a drawn one.
 
     Returns
     -------
     Particle
     """
     shell_rng, *grain_rngs = rng.spawn(5)
-    coefs = shell_model.sample(1, shell_rng, workers=1)[0]
+    if coefficients is None:
+        coefs = shell_model.sample(1, shell_rng, workers=1)[0]
+    else:
+        coefs = np.asarray(coefficients, dtype=np.float64)
+        if coefs.ndim != 1 or not np.all(np.isfinite(coefs)):
+            raise StereograinError(f"shell coefficients must be a finite 1D array, got shape {coefs.shape}")
+        sphere.degree_of(coefs.size)
     ct_nm = float(shell_model.voxel_size_nm)
     r_px = shell_radius_range(coefs)[1] * ct_nm / grain_model.px_nm
     pad = PAD_SPACINGS * grain_model.mu ** (-1.0 / 3.0)
@@ -511,6 +522,6 @@ def make_particle(
         except _CellCut:
             pad *= 2.0
     raise StereograinError(
-        "grains keep reaching the edge of the assembly window even with 16x padding; "
+        "grains keep reaching the edge of the assembly window even with 8x the padding; "
         "the grain model makes grains far larger than its seed spacing suggests"
     )

@@ -115,7 +115,9 @@ class GrainArchitecture:
         """The architecture as an exact-labelling :class:`~stereograin.tessellation.GBPD` (px)."""
         return GBPD(self.positions, self.metrics(), self.r)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, lists: bool = True) -> dict[str, Any]:
+        """The architecture as a JSON-ready dict; ``lists=False`` keeps the arrays (for orjson)."""
+        conv = (lambda a: a.tolist()) if lists else np.ascontiguousarray
         return {
             "format": ARCHITECTURE_FORMAT,
             "format_version": ARCHITECTURE_FORMAT_VERSION,
@@ -123,11 +125,11 @@ class GrainArchitecture:
             "units": {"length": "px", "px_nm": float(self.px_nm)},
             "radius_px": None if self.radius_px is None else float(self.radius_px),
             "n": self.n,
-            "positions": self.positions.tolist(),
-            "noise": self.noise.tolist(),
-            "gamma": self.gamma.tolist(),
-            "D": self.D.tolist(),
-            "r": self.r.tolist(),
+            "positions": conv(self.positions),
+            "noise": conv(self.noise),
+            "gamma": conv(self.gamma),
+            "D": conv(self.D),
+            "r": conv(self.r),
         }
 
     @classmethod
