@@ -20,6 +20,7 @@ from stereograin.particle import (
     make_particle,
     shell_radius,
     shell_radius_range,
+    shell_extent,
 )
 from stereograin.shell import paper_model
 from stereograin.tessellation import grid_points
@@ -58,6 +59,17 @@ def test_shell_radius_range_bounds_every_direction_and_is_tight():
         assert hi - r.max() < 0.1 * r.max() and r.min() - lo < 0.1 * r.max()
 
 
+def test_shell_extent_holds_the_shell_and_is_tight():
+    coefs = paper_model().sample(6, np.random.default_rng(1), workers=1)
+    u = sphere.icosphere(7)[0]
+    for a in coefs:
+        x = shell_radius(a, u)[:, None] * u
+        box = shell_extent(a)
+        assert np.all(box[:, 0] <= x.min(axis=0)) and np.all(x.max(axis=0) <= box[:, 1])
+        slack = np.concatenate([x.min(axis=0) - box[:, 0], box[:, 1] - x.max(axis=0)])
+        assert slack.max() < 0.15 * np.abs(x).max()
+
+
 def test_inside_shell_matches_direct_evaluation():
     a = _shell(20.0)
     rng = np.random.default_rng(4)
@@ -91,7 +103,7 @@ def test_cell_moments_match_numpy():
 def tiny():
     arch = _architecture()
     coefs = _shell(15.0)
-    p = assemble(coefs, CT_NM, arch, half_width_px=30.0, com_spacing_px=1.0)
+    p = assemble(coefs, CT_NM, arch, window_px=30.0, com_spacing_px=1.0)
     # fine reference: every cell's centre of mass on a 0.5 px grid over a cube holding it
     # (label_grid equals the brute-force argmin; tests/test_tessellation.py checks that)
     h, m = 0.5, 64
@@ -155,9 +167,9 @@ def test_particle_file_round_trip_is_bit_exact(tiny, tmp_path):
 def test_cut_cells_signal_a_larger_window():
     arch = _architecture()
     with pytest.raises(_CellCut):
-        assemble(_shell(15.0), CT_NM, arch, half_width_px=8.0, com_spacing_px=1.0)
+        assemble(_shell(15.0), CT_NM, arch, window_px=8.0, com_spacing_px=1.0)
     with pytest.raises(StereograinError, match="smaller than one grain"):
-        assemble(_shell(0.3, bumps=0.0), CT_NM, arch, half_width_px=30.0, com_spacing_px=1.0)
+        assemble(_shell(0.3, bumps=0.0), CT_NM, arch, window_px=30.0, com_spacing_px=1.0)
 
 
 def test_make_particle_is_reproducible_from_its_stream(monkeypatch):
@@ -174,7 +186,7 @@ def test_make_particle_is_reproducible_from_its_stream(monkeypatch):
     c = make_particle(sm, gm, np.random.default_rng(8))
     assert not np.array_equal(a.coefficients, c.coefficients)
     # far too little padding: cut cells force redraws with twice the padding, still deterministic
-    monkeypatch.setattr(particle, "PAD_SPACINGS", 0.05)
+    monkeypatch.setattr(particle, "PAD_SPACINGS", 0.4)
     d = make_particle(sm, gm, np.random.default_rng(7))
     e = make_particle(sm, gm, np.random.default_rng(7))
     np.testing.assert_array_equal(d.grains.positions, e.grains.positions)

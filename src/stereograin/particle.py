@@ -14,12 +14,14 @@ How the centre of mass is computed
 ----------------------------------
 The centre of mass of a grain is that of its whole cell, not of the part
 inside the shell. GBPD cells have curved (quadric) faces, so there is no
-closed form; :func:`assemble` labels the cube ``[-R, R]^3`` exactly on a grid
-of spacing ``h`` (``com_spacing_px``, default 2 px = 100 nm) and takes each
-cell's mean voxel centre (midpoint rule). ``R`` is the shell's radius bound
-(:func:`shell_radius_range`) plus a padding of three mean grain spacings
-``mu^(-1/3)``; a kept cell that touches the cube's faces would be cut, so the
-particle is redrawn (from the next child stream) with twice the padding.
+closed form; :func:`assemble` labels a box exactly on a grid of spacing
+``h`` (``com_spacing_px``, default 2 px = 100 nm) and takes each cell's mean
+voxel centre (midpoint rule). The box is a rigorous bound of the shell's
+extent along each axis (:func:`shell_extent`) plus a padding of two mean
+grain spacings ``mu^(-1/3)``, within the ball of the shell's radius bound
+(:func:`shell_radius_range`) plus the same padding, which holds the seeds;
+a kept cell that touches the box's faces would be cut, so the grains are redrawn (from the next child stream) with
+twice the padding.
 Measured against a 0.5 px grid on the default model, the midpoint rule's
 error on a cell is 0.045 px mean / 0.15 px max at ``h = 1``, 0.2 / 0.6 px at
 ``h = 2`` (10 / 30 nm, a quarter of a CT voxel at most) and 0.45 / 1.8 px at
@@ -67,6 +69,7 @@ __all__ = [
     "make_particle",
     "shell_radius_range",
     "inside_shell",
+    "shell_extent",
     "shell_radius",
     "cell_moments",
 ]
@@ -74,7 +77,7 @@ __all__ = [
 PARTICLE_FORMAT = "stereograin.particle"
 PARTICLE_FORMAT_VERSION = 1
 #: Padding of the labelling cube beyond the shell, in mean grain spacings ``mu^(-1/3)``.
-PAD_SPACINGS = 3.0
+PAD_SPACINGS = 2.0
 #: Largest labelling cube (voxels) assembly will use before asking for a coarser grid.
 _MAX_COARSE_VOXELS = 150_000_000
 #: Icosphere level of the radius bound's grid (10242 directions).
@@ -151,6 +154,36 @@ def shell_radius(coefficients: np.ndarray, directions: np.ndarray) -> np.ndarray
     """The shell's radius ``r(u)`` (CT voxels) in ``directions`` (n, 3), any length but 0."""
     a = np.asarray(coefficients, dtype=np.float64)
     return sphere.real_sph_harm(sphere.degree_of(a.size), directions) @ a
+
+
+def shell_extent(coefficients: np.ndarray) -> np.ndarray:
+    """A box holding the whole shell, bounded rigorously like :func:`shell_radius_range` (CT voxels).
+
+    The shell reaches ``max_u r(u) u_i`` along axis ``i``. Write
+    ``r u_i = c u_i + q u_i`` (``c``: the degree-0 term). Between a direction
+    and its nearest grid point (angle ``delta`` at most), ``c u_i`` changes by
+    at most ``|c| delta`` and ``q u_i``, a spherical polynomial of degree
+    ``L + 1``, by at most ``(L+1) delta max|q u_i|`` (Bernstein), with
+    ``max|q u_i| <= max_grid |q u_i| / (1 - (L+1) delta)``.
+
+    Returns
+    -------
+    (3, 2) float64
+        Rows x y z, columns lo hi; always contains the centre.
+    """
+    a = np.asarray(coefficients, dtype=np.float64)
+    L = sphere.degree_of(a.size)
+    B, delta = _bound_grid(L)
+    u = sphere.icosphere(_BOUND_LEVEL)[0]
+    c = a[0] * B[0, 0]
+    qu = (B[:, 1:] @ a[1:])[:, None] * u  # (n, 3)
+    ru = c * u + qu
+    t = (L + 1) * delta
+    if t >= 1.0:  # pragma: no cover - the level-5 grid covers L < 41
+        hi = shell_radius_range(a)[1]
+        return np.array([[-hi, hi]] * 3)
+    e = delta * (abs(c) + (L + 1) * np.abs(qu).max(axis=0) / (1.0 - t))
+    return np.stack([np.minimum(ru.min(axis=0) - e, 0.0), np.maximum(ru.max(axis=0) + e, 0.0)], axis=1)
 
 
 @numba.njit(cache=True)
@@ -397,7 +430,7 @@ def assemble(
     coefficients: np.ndarray,
     ct_voxel_nm: float,
     architecture: GrainArchitecture,
-    half_width_px: float,
+    window_px: float | np.ndarray,
     com_spacing_px: float = 2.0,
     provenance: dict[str, Any] | None = None,
 ) -> Particle:
@@ -410,10 +443,11 @@ def assemble(
     ct_voxel_nm : float
         CT voxel size (nm).
     architecture : GrainArchitecture
-        Seeds and markers (px) covering at least the cube ``[-half_width_px, half_width_px]^3``.
-    half_width_px : float
-        Half the edge of the labelling cube (px): must exceed the shell's
-        radius bound plus the size of the largest kept grain.
+        Seeds and markers (px) covering the window.
+    window_px : float or (3, 2) array
+        The labelling box (px, rows x y z, columns lo hi), or the half-width
+        of a cube about the centre: it must hold the shell and every kept
+        grain whole (:func:`shell_extent` plus padding).
     com_spacing_px : float
         Grid spacing for the centres of mass (px).
     provenance : dict, optional
@@ -427,37 +461,43 @@ def assemble(
     StereograinError
         If no grain's centre lies inside the shell, or for bad parameters.
     _CellCut
-        (internal) if a kept cell reaches the cube's faces; :func:`make_particle` grows the cube.
+        (internal) if a kept cell reaches the box's faces; :func:`make_particle` grows the box.
     """
     h = float(com_spacing_px)
     if not (h > 0 and math.isfinite(h)):
         raise StereograinError(f"centre-of-mass grid spacing must be positive, got {com_spacing_px!r} px")
-    R = float(half_width_px)
-    m = int(math.ceil(R / h))
-    if (2 * m + 1) ** 3 > _MAX_COARSE_VOXELS:
+    box = np.asarray(window_px, dtype=np.float64)
+    if box.ndim == 0:
+        box = np.array([[-1.0, 1.0]] * 3) * float(box)
+    if box.shape != (3, 2) or not np.all(np.isfinite(box)) or np.any(box[:, 1] <= box[:, 0]):
+        raise StereograinError(f"assembly window must be a half-width or a (3, 2) box of lo < hi, got {window_px!r}")
+    i0 = np.floor(box[:, 0] / h).astype(np.int64)  # grid aligned so that the centre is a grid point
+    i1 = np.ceil(box[:, 1] / h).astype(np.int64)
+    shape = i1 - i0 + 1  # x y z
+    if float(np.prod(shape.astype(np.float64))) > _MAX_COARSE_VOXELS:
         raise StereograinError(
-            f"assembly grid of {(2 * m + 1) ** 3:.3g} voxels is too large; use a larger centre-of-mass spacing than {h:g} px"
+            f"assembly grid of {np.prod(shape.astype(np.float64)):.3g} voxels is too large; use a larger centre-of-mass spacing than {h:g} px"
         )
     arch = architecture
     n = arch.n
-    lab = arch.gbpd().label_grid((2 * m + 1,) * 3, origin=-m * h, spacing=h)
+    lab = arch.gbpd().label_grid(tuple(int(v) for v in shape[::-1]), origin=i0 * h, spacing=h)
     counts, mean, lo, hi = cell_moments(lab, n)
     present = np.flatnonzero(counts[1:] > 0)
-    centres = -m * h + h * mean[1:][present]  # px, x y z
+    centres = h * (i0 + mean[1:][present])  # px, x y z
     inside = inside_shell(coefficients, centres * (arch.px_nm / ct_voxel_nm))
     kept = present[inside]
     if kept.size == 0:
         raise StereograinError("no grain's centre of mass lies inside the shell; the shell is smaller than one grain")
     klo, khi = lo[kept + 1], hi[kept + 1]
-    if np.any(klo == 0) or np.any(khi == 2 * m):
+    if np.any(klo == 0) or np.any(khi == shape - 1):
         raise _CellCut
     blo, bhi = klo.min(axis=0), khi.max(axis=0)
-    # neighbours: every cell met within one grid step of the particle's box
+    # every cell met within one grid step of the particle's box can win voxels of it
     sub = lab[max(blo[2] - 1, 0) : bhi[2] + 2, max(blo[1] - 1, 0) : bhi[1] + 2, max(blo[0] - 1, 0) : bhi[0] + 2]
     near = np.flatnonzero(np.bincount(sub.ravel(), minlength=n + 1)[1:])
     others = np.setdiff1d(near, kept, assume_unique=True)
     order = np.concatenate([kept, others])
-    box = np.stack([-m * h + h * (blo - 0.5), -m * h + h * (bhi + 0.5)], axis=1)
+    pbox = np.stack([h * (i0 + blo - 0.5), h * (i0 + bhi + 0.5)], axis=1)
     return Particle(
         coefficients=np.asarray(coefficients, dtype=np.float64),
         ct_voxel_nm=float(ct_voxel_nm),
@@ -465,7 +505,7 @@ def assemble(
         n_grains=int(kept.size),
         centres_px=centres[inside],
         volumes_px3=counts[kept + 1] * h**3,
-        box_px=box,
+        box_px=pbox,
         com_spacing_px=h,
         provenance=dict(provenance or {}),
     )
@@ -510,15 +550,24 @@ def make_particle(
             raise StereograinError(f"shell coefficients must be a finite 1D array, got shape {coefs.shape}")
         sphere.degree_of(coefs.size)
     ct_nm = float(shell_model.voxel_size_nm)
-    r_px = shell_radius_range(coefs)[1] * ct_nm / grain_model.px_nm
+    scale = ct_nm / grain_model.px_nm  # CT voxels -> px
+    extent = shell_extent(coefs) * scale
+    r_hi = shell_radius_range(coefs)[1] * scale
     pad = PAD_SPACINGS * grain_model.mu ** (-1.0 / 3.0)
     for g in grain_rngs:
-        R = r_px + pad
-        # Seeds fill the ball of radius R (plus the model's margin): the cube's corners
-        # beyond it hold only cut-off outer cells, which are never kept (they reach the faces).
-        arch = _quantised(grain_model.sample(R, g))
+        R = r_hi + pad
+        box = np.clip(extent + np.array([-pad, pad]), -R, R)
+        # Seeds are drawn in the ball of radius R plus the model's margin, so every seed
+        # within R has its true neighbourhood and markers; then only those in the ball
+        # and the shell's padded box stay. The cells of that region's outer layer grow
+        # to the box's faces, so they are never kept (or the padding doubles), and a cell
+        # well inside has no neighbour outside. Fewer seeds label faster.
+        full = grain_model.sample(R, g)
+        x = full.positions
+        keep = (np.einsum("ij,ij->i", x, x) <= R * R) & np.all((x >= box[:, 0]) & (x <= box[:, 1]), axis=1)
+        arch = _quantised(_subset(full, np.flatnonzero(keep)))
         try:
-            return assemble(coefs, ct_nm, arch, R, com_spacing_px, provenance)
+            return assemble(coefs, ct_nm, arch, box, com_spacing_px, provenance)
         except _CellCut:
             pad *= 2.0
     raise StereograinError(
