@@ -111,6 +111,37 @@ def test_resume_keeps_finished_particles_and_makes_the_rest(tmp_path, models, mo
     assert _make(lib, 5, models, workers=1)["made"] == 1
 
 
+def test_a_killed_process_resumes(tmp_path, models):
+    """SIGKILL a real `stereograin generate` after its first particle; the rerun completes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    models[0].save(tmp_path / "small.json")
+    lib = tmp_path / "lib"
+    cmd = [sys.executable, "-m", "stereograin.cli", "generate", "-n", "6", "--seed", "3", "-o", str(lib),
+           "--shell-model", str(tmp_path / "small.json"), "--format", "analytic", "--workers", "1",
+           "--preview", "0", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (lib / "particle_000001").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = sorted(p.name for p in lib.glob("particle_*"))
+    assert 2 <= len(finished) < 6, finished
+    assert all((lib / f / "particle.csv").is_file() for f in finished)  # no half-written particle
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert len(list(lib.glob("particle_*"))) == 6 and not list(lib.glob(".particle_*"))
+    _make(tmp_path / "whole", 6, models, workers=1)
+    for i in range(6):
+        assert _json(lib, i) == _json(tmp_path / "whole", i)
+
+
 def test_voxel_formats_are_written_and_read_back(tmp_path, models):
     import meshio
     import pyvista

@@ -23,9 +23,11 @@ Layout of ``OUT``::
 
 Resuming. A particle folder appears only complete (it is built under a
 temporary name and renamed), so a rerun skips every ``particle_NNNNNN`` it
-finds and makes the rest; a rerun with another seed, other formats, voxel
-size or models is refused (the number of particles may change). A dask
-cluster (``scheduler``) must see ``OUT`` on a shared file system.
+finds and makes the rest (and removes the half-built ``.particle_*.tmp``
+folders a killed run leaves); a rerun with another seed, other formats, voxel
+size or models is refused (the number of particles may change). Two runs
+must not write into one library at the same time. A dask cluster
+(``scheduler``) must see ``OUT`` on a shared file system.
 """
 
 from __future__ import annotations
@@ -487,6 +489,8 @@ def generate_library(
         raise StereograinError(f"{installed} holds other models than the ones given; use the same ones or another folder")
     write_json(out / MANIFEST, {**manifest, "finished": None})
 
+    for stale in out.glob(".particle_*.tmp"):  # left by a killed run; particles are remade whole
+        shutil.rmtree(stale, ignore_errors=True)
     done = _finished(out, n)
     todo = [i for i in range(n) if i not in done]
     rows: dict[int, np.ndarray] = {}
