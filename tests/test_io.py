@@ -12,7 +12,6 @@ import tifffile
 import zarr
 
 from stereograin import io
-from stereograin.errors import StereograinError
 from stereograin.io import read_volume, write_labels
 
 

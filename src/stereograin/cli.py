@@ -386,8 +386,10 @@ def _fmt(params: dict[str, float]) -> str:
 
 
 from .cli_grains import grains_app  # noqa: E402  (registers after the shared options above)
+from .cli_validate import validate_command  # noqa: E402
 
 app.add_typer(grains_app, name="grains")
+app.command("validate")(validate_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

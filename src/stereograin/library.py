@@ -59,6 +59,7 @@ __all__ = [
     "particle_rng",
     "particle_folder",
     "make_library_particle",
+    "model_digest",
     "generate_library",
 ]
 
@@ -243,7 +244,7 @@ def make_library_particle(out: str | Path, index: int, config: LibraryConfig) ->
     -------
     (len(PARTICLE_COLUMNS),) float64
     """
-    from .export import write_grain_table, write_hex_mesh, write_surface_mesh, write_volume
+    from .export import write_hex_mesh, write_surface_mesh, write_volume
     from .particle import make_particle
 
     out = Path(out)
@@ -296,6 +297,22 @@ def _sha256_files(paths: Iterable[Path]) -> str:
         h.update(p.name.encode())
         h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def model_digest(kind: str, model: Any) -> str:
+    """SHA-256 of a model as a library manifest records it (``kind``: ``shell_model`` or ``grain_model``).
+
+    The hash is of the files the model saves to (parameters, weights, and the
+    stereograin version that wrote them).
+    """
+    if kind not in ("shell_model", "grain_model"):
+        raise StereograinError(f"model kind must be 'shell_model' or 'grain_model', got {kind!r}")
+    with tempfile.TemporaryDirectory(prefix="stereograin-digest-") as tmp:
+        if kind == "shell_model":
+            model.save(Path(tmp) / "shell_model.json")
+            return _sha256_files([Path(tmp) / "shell_model.json"])
+        model.save(Path(tmp) / "grain_model")
+        return _sha256_files((Path(tmp) / "grain_model").iterdir())
 
 
 def _install_models(out: Path, shell_model: Any, grain_model: Any) -> dict[str, str]:

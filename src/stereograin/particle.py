@@ -60,7 +60,6 @@ from .errors import StereograinError
 from .grains.model import GrainArchitecture, GrainModel
 from .io import read_json, write_json
 from .shell import ShellModel
-from .tessellation import GBPD
 
 __all__ = [
     "PARTICLE_FORMAT",

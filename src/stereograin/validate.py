@@ -51,7 +51,6 @@ import dataclasses
 import json
 import math
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +63,7 @@ from .errors import StereograinError
 from .fit2d import FittedSection
 from .grains.model import GrainModel
 from .io import read_json, write_json
+from .library import model_digest
 from .shell import ShellModel
 
 __all__ = [
@@ -159,20 +159,6 @@ def _load_grain_model(spec: GrainModel | str | Path) -> tuple[GrainModel, str]:
     return GrainModel.load(spec), str(spec)
 
 
-def _model_digest(kind: str, model: Any) -> str:
-    """SHA-256 of ``model`` as :func:`stereograin.library.generate_library` records it in a manifest."""
-    from .library import _sha256_files
-
-    with tempfile.TemporaryDirectory(prefix="stereograin-validate-") as tmp:
-        if kind == "shell_model":
-            path = Path(tmp) / "shell_model.json"
-            model.save(path)
-            return _sha256_files([path])
-        folder = Path(tmp) / "grain_model"
-        model.save(folder)
-        return _sha256_files(folder.iterdir())
-
-
 def _same_model(kind: str, a: Any, b: Any) -> bool:
     """Whether two models are equal in everything but the stereograin version that wrote them."""
     if kind == "shell_model":
@@ -225,7 +211,7 @@ def check_library_models(
         if given is None:
             continue
         model, name = given
-        digest = _model_digest(kind, model)
+        digest = model_digest(kind, model)
         expected = recorded.get(kind)
         if digest == expected:
             continue

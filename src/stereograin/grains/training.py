@@ -71,7 +71,6 @@ from .. import __version__
 from ..errors import StereograinError
 from ..fit2d import FittedSection
 from ..io import atomic_path, read_json, write_table
-from ..tessellation import GBPD
 from .candidates import exact_candidates
 from .cutouts import cutout_grid, label_cutouts, onehot_cutouts, rotated_cutout_points, soft_cutouts
 from .discriminator import Discriminator
