@@ -281,6 +281,7 @@ def particle_grain_statistics(particle: Any, spacing_px: float = 1.0, min_voxels
         (deg in [0, 90]), ``distance`` (px, centroid to the particle centre),
         one entry per kept grain, as :func:`grain_statistics_3d` gives them.
     """
+    from .grains.validation import grain_shapes
     from .tessellation import cell_geometry
 
     sp = float(spacing_px)
@@ -289,16 +290,7 @@ def particle_grain_statistics(particle: Any, spacing_px: float = 1.0, min_voxels
     labels, origin_um = particle.label_volume(sp * particle.px_um)
     geo = cell_geometry(labels, n=particle.n_grains, spacing=sp)
     keep = np.flatnonzero(np.rint(geo.size / sp**3) >= int(min_voxels))
-    lam = geo.eigenvalues[keep]
-    centroid = geo.centroid[keep] + np.asarray(origin_um) / particle.px_um  # about the particle centre, px
-    major = geo.axes[keep, 0]
-    dist = np.linalg.norm(centroid, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        elong = np.sqrt(lam[:, 0] / lam[:, 2])
-        cosang = np.abs(np.einsum("nd,nd->n", major, centroid)) / dist
-    angle = np.degrees(np.arccos(np.clip(cosang, 0.0, 1.0)))
-    angle[~(dist > 0)] = np.nan
-    return {"volume": geo.size[keep], "elongation": elong, "radial_angle": angle, "distance": dist}
+    return grain_shapes(geo, keep, np.asarray(origin_um) / particle.px_um)
 
 
 # --------------------------------------------------------------------------- sections

@@ -202,7 +202,7 @@ def usable_sections(sections: Sequence[FittedSection], px_nm: float = 50.0) -> l
     if steps != {round(float(px_nm), 6)}:
         raise StereograinError(
             f"the sections have pixel sizes {sorted(steps)} nm but the grain model works in {px_nm:g} nm pixels; "
-            f"refit them from maps read at {px_nm:g} nm (`sections fit --step` resamples)"
+            f"refit them with `stereograin sections fit`, which resamples every map to {px_nm:g} nm pixels"
         )
     central = [s for s in secs if s.central is not False]
     if not central:

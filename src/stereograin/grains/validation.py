@@ -53,6 +53,7 @@ __all__ = [
     "compare_sections",
     "aligned_fraction",
     "alpha_by_height",
+    "grain_shapes",
     "grain_statistics_3d",
     "compare_grains_3d",
 ]
@@ -492,8 +493,30 @@ def grain_statistics_3d(
     geo = cell_geometry(labels, n=g.n, spacing=sp)
     voxels = np.rint(geo.size / sp**3)
     keep = np.flatnonzero(~cut & (voxels >= min_vox))
+    return {"label": keep.astype(np.int64) + 1, **grain_shapes(geo, keep, origin)}
+
+
+def grain_shapes(geo: Any, keep: np.ndarray, origin: float | np.ndarray) -> dict[str, np.ndarray]:
+    """Volume, elongation and radial alignment of the cells ``keep`` of a labelled grid.
+
+    Parameters
+    ----------
+    geo : CellGeometry
+        Of the label grid (:func:`stereograin.tessellation.cell_geometry`), px.
+    keep : (n,) int array
+        Cell indices (label - 1).
+    origin : float or (3,) array
+        Position of voxel ``[0, 0, 0]`` relative to the centre the radial
+        direction is taken from, px (x y z).
+
+    Returns
+    -------
+    dict of (n,) arrays
+        ``volume``, ``elongation``, ``radial_angle``, ``distance``, as in
+        :func:`grain_statistics_3d`.
+    """
     lam = geo.eigenvalues[keep]  # descending, px^2
-    centroid = geo.centroid[keep] + origin  # about the ball centre, px
+    centroid = geo.centroid[keep] + origin  # about the centre, px
     major = geo.axes[keep, 0]  # unit rows
     dist = np.linalg.norm(centroid, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -501,13 +524,7 @@ def grain_statistics_3d(
         cosang = np.abs(np.einsum("nd,nd->n", major, centroid)) / dist
     angle = np.degrees(np.arccos(np.clip(cosang, 0.0, 1.0)))
     angle[~(dist > 0)] = np.nan
-    return {
-        "label": keep.astype(np.int64) + 1,
-        "volume": geo.size[keep],
-        "elongation": elong,
-        "radial_angle": angle,
-        "distance": dist,
-    }
+    return {"volume": geo.size[keep], "elongation": elong, "radial_angle": angle, "distance": dist}
 
 
 def compare_grains_3d(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
