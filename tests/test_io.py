@@ -252,3 +252,13 @@ def test_existing_io_helpers_untouched(tmp_path: Path) -> None:
     io.write_table(tmp_path / "t.csv", ["a", "b"], np.array([[1.0, 2.0]]))
     cols, data = io.read_table(tmp_path / "t.csv")
     assert cols == ["a", "b"] and data.tolist() == [[1.0, 2.0]]
+
+
+def test_json_ready_writes_undefined_statistics_as_null(tmp_path):
+    import json
+
+    from stereograin.io import json_ready, write_json
+
+    report = {"ks": np.float64(np.nan), "n": np.int64(3), "w": [1.5, np.inf], "ok": np.bool_(True), "a": np.arange(2.0)}
+    write_json(tmp_path / "r.json", json_ready(report))
+    assert json.loads((tmp_path / "r.json").read_text()) == {"ks": None, "n": 3, "w": [1.5, None], "ok": True, "a": [0.0, 1.0]}

@@ -16,7 +16,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from .errors import StereograinError
 __all__ = [
     "atomic_path",
     "write_json",
+    "json_ready",
     "read_json",
     "write_table",
     "read_table",
@@ -88,6 +89,27 @@ def write_json(path: str | os.PathLike, obj: Any, compact: bool = False) -> None
         data = (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode("utf-8")
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def json_ready(x: Any) -> Any:
+    """``x`` with NumPy scalars made plain and every non-finite float made ``None``, recursively.
+
+    JSON has no NaN; a report's undefined statistic (say a KS test on an empty
+    sample) is written as ``null`` instead of failing the whole report.
+    """
+    if isinstance(x, Mapping):
+        return {str(k): json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_ready(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return json_ready(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
 
 
 def _has_nan(obj: Any) -> bool:

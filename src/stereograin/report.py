@@ -10,7 +10,7 @@ import numpy as np
 from . import plots
 from .coefficients import CoefficientTable, write_coefficients
 from .descriptors import SHELL_DESCRIPTORS, compare_samples, describe_coefficients, describe_radii
-from .io import write_json
+from .io import json_ready, write_json
 from .shell import ShellModel
 
 __all__ = ["shell_report"]
@@ -92,5 +92,5 @@ def shell_report(
         "descriptors_data": {k: _summary(v) for k, v in data.items()},
         "descriptors_model": {k: _summary(v) for k, v in sim.items()},
     }
-    write_json(out / "report.json", report)
+    write_json(out / "report.json", json_ready(report))
     return report

@@ -62,7 +62,7 @@ from . import __version__, sphere
 from .errors import StereograinError
 from .fit2d import FittedSection
 from .grains.model import GrainModel
-from .io import read_json, write_json
+from .io import json_ready, read_json, write_json
 from .library import model_digest
 from .shell import ShellModel
 
@@ -100,21 +100,6 @@ def _say(progress: bool, text: str) -> None:
     """A stage line on stderr (stdout stays for results)."""
     if progress:
         print(text, file=sys.stderr, flush=True)
-
-
-def _finite_or_none(x: Any) -> Any:
-    """``x`` with every non-finite float replaced by ``None`` (JSON has no NaN), recursively."""
-    if isinstance(x, Mapping):
-        return {str(k): _finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite_or_none(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return float(x) if math.isfinite(float(x)) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 def _median(x: np.ndarray) -> float | None:
@@ -752,7 +737,7 @@ def validate(
     for part in (shell_part, grains_part, grains_3d):
         if part is not None:
             report["files"] += list(part["figures"].values())
-    report = _finite_or_none(report)
+    report = json_ready(report)
     write_json(folder / "report.json", report)
     write_html(folder / "index.html", report, folder)
     return report

@@ -28,7 +28,7 @@ import numpy as np
 from .. import __version__
 from ..errors import StereograinError
 from ..fit2d import FittedSection
-from ..io import write_json
+from ..io import json_ready, write_json
 from ..sections import GrainMap
 from .model import GrainModel
 from .training import usable_sections
@@ -140,5 +140,5 @@ def grain_report(
         },
         "files": ["sections.png", "alpha_height.png", "grains3d.png"],
     }
-    write_json(folder / "report.json", report)
+    write_json(folder / "report.json", json_ready(report))
     return report
