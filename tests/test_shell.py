@@ -146,3 +146,13 @@ def test_bad_parameters():
     with pytest.raises(StereograinError, match="positive"):
         paper_model(a00_shape=-0.4)
     assert scipy.stats.lognorm(**m.a00.params).mean() > 0
+
+
+def test_fit_refuses_a_degenerate_size_law_on_few_particles():
+    # ten normal a00 values: the three-parameter log-normal's MLE degenerates (s ~ 10, draws up to 1e13)
+    rng = np.random.default_rng(0)
+    coefs = np.column_stack([rng.normal(30, 5, 10), rng.normal(0, 1.0, (10, 3))])
+    fit = ShellModel.fit(coefs, distance_correlation=False)
+    assert fit.a00.family != "lognorm"
+    assert "rejected" in fit.report["a00"]["families"]["lognorm"]
+    assert fit.a00.frozen().ppf(0.999) < 100

@@ -71,6 +71,7 @@ def shell_segment(
     min_volume: Annotated[int, typer.Option(help="Components below this many voxels are merged or dropped (paper: 10).")] = 10,
     min_sphericity: Annotated[float, typer.Option(help="Components below this sphericity (0-1) are merged or dropped (paper: 0.5).")] = 0.5,
     keep_border: Annotated[bool, typer.Option("--keep-border", help="Keep particles touching the volume border.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bars.")] = False,
 ) -> None:
     """Segment a CT grey volume into labelled particles (smooth, Otsu, watershed, merge, drop border)."""
     from .io import read_volume, write_labels
@@ -80,7 +81,7 @@ def shell_segment(
     labels = segment(
         volume, sigma=sigma, threshold=threshold, min_distance=min_distance, min_volume=min_volume,
         min_sphericity=min_sphericity,
-        drop_border=not keep_border, progress=True,
+        drop_border=not keep_border, progress=not no_progress,
     )
     write_labels(output, labels)
     typer.echo(f"{int(labels.max())} particles in a {'x'.join(map(str, volume.shape))} volume -> {output}")

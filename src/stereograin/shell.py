@@ -109,8 +109,19 @@ def _fit_family(family: str, x: np.ndarray, centred: bool) -> tuple[Law, float]:
     return law, ll
 
 
+def _implausible_tail(law: Law, x: np.ndarray) -> bool:
+    """Whether the law's 99.9 % quantile lies beyond the data's maximum plus 10 data ranges.
+
+    A three-parameter log-normal fitted to few values can degenerate (``loc``
+    at the sample minimum, ``s`` of 10 or more): its likelihood is high, its
+    draws reach 1e9 voxels. Such a law describes no particle size.
+    """
+    q = float(law.frozen().ppf(0.999))
+    return not math.isfinite(q) or q > x.max() + 10.0 * max(float(np.ptp(x)), 1e-12)
+
+
 def _select(x: np.ndarray, families: tuple[str, ...], centred: bool) -> tuple[Law, dict[str, dict[str, float]]]:
-    """Fit every family by maximum likelihood; pick the smallest AIC."""
+    """Fit every family by maximum likelihood; pick the smallest AIC (a size law with an absurd tail is not picked)."""
     report: dict[str, dict[str, float]] = {}
     best: tuple[float, Law] | None = None
     for fam in families:
@@ -118,6 +129,9 @@ def _select(x: np.ndarray, families: tuple[str, ...], centred: bool) -> tuple[La
         k = len(law.params) - (1 if centred else 0)
         aic = 2 * k - 2 * ll
         report[fam] = {"loglik": ll if math.isfinite(ll) else None, "aic": aic if math.isfinite(aic) else None, **law.params}
+        if not centred and _implausible_tail(law, x):
+            report[fam]["rejected"] = "99.9% quantile beyond the data maximum plus 10 data ranges"
+            continue
         if math.isfinite(aic) and (best is None or aic < best[0]):
             best = (aic, law)
     if best is None:
