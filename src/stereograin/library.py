@@ -355,6 +355,22 @@ def _finished(out: Path, n: int) -> set[int]:
     return done
 
 
+#: Memory a worker process takes (torch, numba, a 10 um particle's grids), bytes.
+_WORKER_BYTES = 1.5e9
+
+
+def _default_workers() -> int:
+    """All cores, but no more workers than the available memory holds (about 1.5 GB each)."""
+    cores = os.cpu_count() or 1
+    try:
+        import psutil
+
+        fit = int(psutil.virtual_memory().available // _WORKER_BYTES)
+    except ImportError:  # pragma: no cover - psutil comes with dask.distributed
+        return cores
+    return max(1, min(cores, fit))
+
+
 def _limit_threads() -> None:
     """Worker processes: one thread each (the pool provides the parallelism)."""
     import numba
@@ -453,7 +469,8 @@ def generate_library(
     shell_model_name, grain_model_name : str
         Where the models came from (recorded in the manifest).
     workers : int, optional
-        Local worker processes (default: all cores; 1 runs in this process).
+        Local worker processes (default: all cores, as many as the available
+        memory holds at about 1.5 GB each; 1 runs in this process).
     scheduler : str, optional
         Address of a running dask.distributed scheduler (``tcp://host:8786``);
         overrides ``workers``.
@@ -512,7 +529,7 @@ def generate_library(
     todo = [i for i in range(n) if i not in done]
     rows: dict[int, np.ndarray] = {}
     t0 = time.perf_counter()
-    nw = (os.cpu_count() or 1) if workers is None else int(workers)
+    nw = _default_workers() if workers is None else int(workers)
     nw = max(1, min(nw, len(todo)))
     runner = _run_dask(out, todo, config, scheduler) if scheduler else _run_local(out, todo, config, nw)
     with tqdm(total=n, initial=len(done), desc="particles", unit="particle", disable=not progress, smoothing=0.1) as bar:
