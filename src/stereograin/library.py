@@ -193,8 +193,10 @@ def _models(models_dir: Path) -> tuple[Any, Any]:
     return _MODELS[key]
 
 
-def _summary_row(index: int, particle: Any, labels: np.ndarray | None, config: LibraryConfig) -> tuple[np.ndarray, tuple[list[str], np.ndarray]]:
-    """The particle's row of ``particles.csv`` and its grain table."""
+def _summary_row(
+    index: int, particle: Any, labels: np.ndarray | None, origin_um: np.ndarray | None, config: LibraryConfig
+) -> tuple[np.ndarray, tuple[list[str], np.ndarray]]:
+    """The particle's row of ``particles.csv`` and its grain table (from the voxels if any, else analytic)."""
     from .descriptors import describe_coefficients
     from .export import GRAIN_TABLE_COLUMNS, grain_table, particle_summary
 
@@ -208,8 +210,7 @@ def _summary_row(index: int, particle: Any, labels: np.ndarray | None, config: L
         s = particle_summary(labels, config.voxel_size_um, surface="faces")
         row = [s["grain_count"], s["volume_um3"], s["surface_area_um2"], s["sphericity"],
                s["grain_boundary_area_per_volume_um_inv"], s["mean_grain_volume_um3"], s["mean_grain_diameter_um"]]
-        _, origin = _voxel_grid(particle, config.voxel_size_um)
-        table = grain_table(labels, config.voxel_size_um, origin)
+        table = grain_table(labels, config.voxel_size_um, origin_um)
     else:
         # analytic: grain volumes and centres from the assembly grid, no surfaces
         px = particle.px_um
@@ -223,14 +224,6 @@ def _summary_row(index: int, particle: Any, labels: np.ndarray | None, config: L
         ])
         table = (list(GRAIN_TABLE_COLUMNS), data)
     return np.array([index, *row, *shell_cols], dtype=np.float64), table
-
-
-def _voxel_grid(particle: Any, voxel_size_um: float) -> tuple[tuple[int, int, int], np.ndarray]:
-    """Shape and origin (um) of :meth:`Particle.label_volume`'s grid, without labelling it."""
-    vp = voxel_size_um / particle.px_um
-    i0 = np.floor(particle.box_px[:, 0] / vp)
-    i1 = np.ceil(particle.box_px[:, 1] / vp)
-    return tuple(int(s) for s in (i1 - i0 + 1)[::-1]), i0 * voxel_size_um
 
 
 def make_library_particle(out: str | Path, index: int, config: LibraryConfig) -> np.ndarray:
@@ -260,7 +253,7 @@ def make_library_particle(out: str | Path, index: int, config: LibraryConfig) ->
     try:
         tmp.mkdir()
         particle.save(tmp / "particle.json")
-        labels = None
+        labels = origin = None
         if config.voxelised:
             labels, origin = particle.label_volume(config.voxel_size_um)
             for fmt in config.formats:
@@ -272,7 +265,7 @@ def make_library_particle(out: str | Path, index: int, config: LibraryConfig) ->
                     write_surface_mesh(tmp / name, labels, v, origin)
                 else:
                     write_hex_mesh(tmp / name, labels, v, origin)
-        row, (cols, data) = _summary_row(index, particle, labels, config)
+        row, (cols, data) = _summary_row(index, particle, labels, origin, config)
         write_table(tmp / "grains.csv", cols, data)
         write_table(tmp / "particle.csv", list(PARTICLE_COLUMNS), row[None])
         try:
