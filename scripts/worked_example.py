@@ -155,45 +155,6 @@ SMALL = Sizes(
 )
 
 
-def _ebsd_gaps(labels, rng, boundary: float = 0.25, speckle: float = 0.02, pores: int = 4, min_grain_px: int = 5):
-    """Unindexed pixels as in an EBSD scan, like :func:`~stereograin.sections_synth.nmc_like_sections` adds.
-
-    Parameters
-    ----------
-    labels : (H, W) int array
-        Exact grain labels, 0 outside the particle.
-    rng : numpy.random.Generator
-    boundary, speckle : float
-        Probability that a grain-boundary pixel / any pixel becomes unindexed.
-    pores : int
-        Small unindexed discs (radius 2-4 px).
-    min_grain_px : int
-        Grains left with fewer pixels become unindexed.
-
-    Returns
-    -------
-    (H, W) int64 array
-    """
-    import numpy as np
-
-    lab = np.array(labels, dtype=np.int64)
-    H, W = lab.shape
-    edge = np.zeros(lab.shape, dtype=bool)
-    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
-    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
-    drop = (edge & (rng.random(lab.shape) < boundary)) | (rng.random(lab.shape) < speckle)
-    yy, xx = np.mgrid[0:H, 0:W]
-    for _ in range(pores):
-        cy, cx = rng.uniform(0.2, 0.8, 2) * (H, W)
-        drop |= (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(2.0, 4.0) ** 2
-    lab[drop] = 0
-    counts = np.bincount(lab.ravel())
-    small = counts < min_grain_px
-    small[0] = False
-    lab[small[lab]] = 0
-    return lab
-
-
 def make_data(work: Path, sizes: Sizes, seed: int) -> dict:
     """Write ``ct.tif``, ``maps/*.tif`` and ``truth.json`` (steps 1-3 of the module notes).
 
@@ -216,6 +177,7 @@ def make_data(work: Path, sizes: Sizes, seed: int) -> dict:
 
     from stereograin.sections_synth import (
         cut_section,
+        ebsd_gaps,
         nmc_like_particle,
         nmc_like_sections,
     )
@@ -242,7 +204,7 @@ def make_data(work: Path, sizes: Sizes, seed: int) -> dict:
         aspect = float(rng.uniform(2.5, 4.0))
         gbpd = nmc_like_particle(R, aspect, rng=rng)
         section = cut_section(gbpd, R, sizes.off_height * R, rng=rng)
-        lab = _ebsd_gaps(section.labels, rng)
+        lab = ebsd_gaps(section.labels, rng, pores=4)
         name = f"p{k}_off-centre.tif"
         tifffile.imwrite(maps / name, lab.astype(np.uint16), compression="zlib")
         truth_maps.append({"file": name, "height": sizes.off_height,

@@ -32,7 +32,7 @@ from .errors import StereograinError
 from .sections import GrainMap
 from .tessellation import GBPD, plane_points, radial_frames
 
-__all__ = ["radial_ball", "isotropic_ball", "cut_section", "synthetic_sections", "nmc_like_particle", "nmc_like_sections"]
+__all__ = ["radial_ball", "isotropic_ball", "cut_section", "synthetic_sections", "ebsd_gaps", "nmc_like_particle", "nmc_like_sections"]
 
 PAPER_INTENSITY = 0.0018
 """Seeds per px^3 (50 nm pixels): the paper's initial intensity ``mu_1``."""
@@ -243,6 +243,50 @@ def synthetic_sections(
     return [cut_section(gbpd, radius_px, float(h) * radius_px, rng=rng) for h in heights]
 
 
+def ebsd_gaps(
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    boundary_unindexed: float = 0.25,
+    speckle_unindexed: float = 0.02,
+    pores: int = 6,
+    min_grain_px: int = 5,
+) -> np.ndarray:
+    """Unindexed pixels as an EBSD scan shows them, on exact section labels.
+
+    Parameters
+    ----------
+    labels : (H, W) int array
+        Exact grain labels, 0 outside the particle.
+    rng : numpy Generator
+    boundary_unindexed, speckle_unindexed : float
+        Probability that a grain-boundary pixel / any pixel becomes unindexed (0).
+    pores : int
+        Small unindexed discs (radius 2-4 px) placed in the middle 60 % of the map.
+    min_grain_px : int
+        Grains left with fewer pixels become unindexed.
+
+    Returns
+    -------
+    (H, W) int64 array
+    """
+    lab = np.array(labels, dtype=np.int64)
+    H, W = lab.shape
+    edge = np.zeros_like(lab, dtype=bool)
+    edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
+    edge[1:, :] |= lab[1:, :] != lab[:-1, :]
+    drop = (edge & (rng.random(lab.shape) < boundary_unindexed)) | (rng.random(lab.shape) < speckle_unindexed)
+    yy, xx = np.mgrid[0:H, 0:W]
+    for _ in range(int(pores)):
+        cy, cx = rng.uniform(0.2, 0.8, 2) * (H, W)
+        drop |= (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(2.0, 4.0) ** 2
+    lab[drop] = 0
+    counts = np.bincount(lab.ravel())
+    small = counts < min_grain_px
+    small[0] = False
+    lab[small[lab]] = 0
+    return lab
+
+
 def nmc_like_particle(
     radius_px: float = 100.0,
     aspect: float = 3.0,
@@ -312,20 +356,6 @@ def nmc_like_sections(
         R = float(rng.uniform(*radius_px))
         a = float(rng.uniform(*aspect))
         gbpd = nmc_like_particle(R, a, intensity, rng)
-        lab = np.array(cut_section(gbpd, R, 0.0, rng=rng).labels, dtype=np.int64)
-        H, W = lab.shape
-        edge = np.zeros_like(lab, dtype=bool)
-        edge[:, 1:] |= lab[:, 1:] != lab[:, :-1]
-        edge[1:, :] |= lab[1:, :] != lab[:-1, :]
-        drop = (edge & (rng.random(lab.shape) < boundary_unindexed)) | (rng.random(lab.shape) < speckle_unindexed)
-        yy, xx = np.mgrid[0:H, 0:W]
-        for _ in range(int(pores)):
-            cy, cx = rng.uniform(0.2, 0.8, 2) * (H, W)
-            drop |= (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(2.0, 4.0) ** 2
-        lab[drop] = 0
-        counts = np.bincount(lab.ravel())
-        small = counts < min_grain_px
-        small[0] = False
-        lab[small[lab]] = 0
+        lab = ebsd_gaps(cut_section(gbpd, R, 0.0, rng=rng).labels, rng, boundary_unindexed, speckle_unindexed, pores, min_grain_px)
         maps.append(GrainMap(lab, 50.0, f"synthetic NMC811-like section {k}: R = {R:.0f} px, aspect {a:.2f}"))
     return maps
