@@ -30,6 +30,7 @@ def validate_command(
     n_model: Annotated[int, typer.Option(help="Shells drawn from the shell model for the comparison.")] = 2000,
     per_section: Annotated[int, typer.Option(help="Model sections drawn per data section (Fig. 10b).")] = 2,
     grain_particles: Annotated[int, typer.Option(help="Library particles whose 3D grains are measured (the first ones).")] = 10,
+    max_particles: Annotated[int, typer.Option(help="Library particles read for the shells at most, evenly spaced (a large library would take hours to read whole).")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed of every model draw.")] = 0,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No stage lines or progress bars.")] = False,
 ) -> None:
@@ -40,7 +41,7 @@ def validate_command(
         output, ct=ct, sections=sections, library=library, shell_model=shell_model, grain_model=grain_model,
         ct_voxel_nm=None if voxel_size is None else _length_nm(voxel_size), ct_kind=ct_kind,
         section_step_nm=None if step is None else _length_nm(step), fit_iterations=fit_iterations,
-        n_model=n_model, per_section=per_section, grain_particles=grain_particles, seed=seed,
+        n_model=n_model, per_section=per_section, grain_particles=grain_particles, max_particles=max_particles, seed=seed,
         progress=not no_progress,
     )
     for part, title in (("shell", "shells"), ("grains", "grain sections"), ("grains_3d", "3D grains (library vs model)")):

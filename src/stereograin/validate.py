@@ -220,8 +220,8 @@ def _particle_folders(library: Path) -> list[Path]:
     return folders
 
 
-def read_library_particles(library: str | Path, progress: bool = True) -> list[Any]:
-    """Every finished particle of a library, in index order.
+def read_library_particles(library: str | Path, progress: bool = True, limit: int | None = None) -> list[Any]:
+    """The finished particles of a library, in index order (all, or ``limit`` spread evenly).
 
     Parameters
     ----------
@@ -229,6 +229,10 @@ def read_library_particles(library: str | Path, progress: bool = True) -> list[A
         Library folder (``particle_NNNNNN/particle.json``).
     progress : bool
         Show a progress bar.
+    limit : int, optional
+        Read at most this many: evenly spaced over the finished ones (a
+        particle file is about 1.5 MB, so a 100,000-particle library would
+        take hours to read whole).
 
     Returns
     -------
@@ -239,6 +243,11 @@ def read_library_particles(library: str | Path, progress: bool = True) -> list[A
     from .particle import Particle
 
     folders = _particle_folders(Path(library))
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 2:
+            raise StereograinError(f"the number of library particles read must be an integer >= 2, got {limit!r}")
+        if len(folders) > limit:
+            folders = [folders[i] for i in np.unique(np.linspace(0, len(folders) - 1, int(limit)).round().astype(int))]
     with tqdm(folders, desc="reading particles", unit="particle", disable=not progress or len(folders) < 2) as bar:
         return [Particle.load(f) for f in bar]
 
@@ -610,6 +619,7 @@ def validate(
     per_section: int = 2,
     level: int = 3,
     grain_particles: int = 10,
+    max_particles: int = 2000,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -651,6 +661,9 @@ def validate(
         Icosphere level of the shell descriptors (3: 642 directions).
     grain_particles : int
         Library particles whose 3D grains are measured (the first ones).
+    max_particles : int
+        Library particles read for the shell comparison at most, evenly
+        spaced over the library (>= 2).
     seed : int
         Seed of every random draw.
     progress : bool
@@ -690,7 +703,7 @@ def validate(
         fitted = load_sections(sections_path, grain[0].px_nm, section_step_nm, fit_iterations, int(seed), progress)
         usable_sections(fitted, grain[0].px_nm)  # pixel sizes and central sections, before the long parts
 
-    particles = read_library_particles(library_path, progress) if library_path is not None else None
+    particles = read_library_particles(library_path, progress, max_particles) if library_path is not None else None
 
     shell_part = None
     if shell is not None and (ct_path is not None or particles is not None):
