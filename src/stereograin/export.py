@@ -41,6 +41,7 @@ __all__ = [
     "grain_table",
     "write_grain_table",
     "particle_summary",
+    "summary_from_grain_table",
 ]
 
 #: Suffixes :func:`write_volume` understands.
@@ -631,15 +632,9 @@ def particle_summary(
         raise StereograinError(f"surface must be 'mesh' or 'faces', got {surface!r}")
     if not arr.any():
         raise StereograinError("particle is empty (all labels are 0); nothing to summarise")
-    flat = arr.ravel()
-    n = int(flat.max()) + 1
-    counts = np.bincount(flat, minlength=n)[1:]
-    grains = counts[counts > 0].astype(np.float64)
-    volume = float(grains.sum()) * v**3
-    _, outer, internal = _face_counts(arr, n)
-    if surface == "faces":
-        area = _FACE_AREA_FACTOR * float(outer.sum()) * v**2
-    else:
+    _, table = grain_table(arr, v)
+    area = None
+    if surface == "mesh":
         mask = np.pad(arr != 0, 1).astype(np.float32)
         verts, faces, _, _ = marching_cubes(mask, level=0.5, spacing=(v, v, v))
         if smoothing_iterations:
@@ -649,13 +644,37 @@ def particle_summary(
             trimesh.smoothing.filter_taubin(tm, lamb=0.5, nu=0.53, iterations=int(smoothing_iterations))
             verts = np.asarray(tm.vertices)
         area = float(mesh_surface_area(verts, faces))
-    grain_volumes = grains * v**3
+    return summary_from_grain_table(table, area)
+
+
+def summary_from_grain_table(table: np.ndarray, surface_area_um2: float | None = None) -> dict[str, float]:
+    """:func:`particle_summary` from a :func:`grain_table` already made (no second pass over the voxels).
+
+    Parameters
+    ----------
+    table : (n_grains, 8) array
+        The data of :func:`grain_table` (columns :data:`GRAIN_TABLE_COLUMNS`), at least one row.
+    surface_area_um2 : float, optional
+        The particle's surface area; default: the grains' outer face areas
+        (``surface="faces"`` of :func:`particle_summary`).
+
+    Returns
+    -------
+    dict
+        The keys of :func:`particle_summary`.
+    """
+    t = np.asarray(table, dtype=np.float64).reshape(-1, len(GRAIN_TABLE_COLUMNS))
+    if t.shape[0] == 0:
+        raise StereograinError("particle is empty (all labels are 0); nothing to summarise")
+    volume = float(t[:, 1].sum())
+    area = float(t[:, 7].sum()) if surface_area_um2 is None else float(surface_area_um2)
     return {
         "volume_um3": volume,
         "surface_area_um2": area,
         "sphericity": float(np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area),
-        "grain_count": int(grains.size),
-        "grain_boundary_area_per_volume_um_inv": _FACE_AREA_FACTOR * internal * v**2 / volume,
-        "mean_grain_volume_um3": float(grain_volumes.mean()),
-        "mean_grain_diameter_um": float(np.cbrt(6.0 * grain_volumes / np.pi).mean()),
+        "grain_count": int(t.shape[0]),
+        # each shared face is in the boundary area of both its grains
+        "grain_boundary_area_per_volume_um_inv": float(t[:, 6].sum()) / 2.0 / volume,
+        "mean_grain_volume_um3": float(t[:, 1].mean()),
+        "mean_grain_diameter_um": float(t[:, 5].mean()),
     }

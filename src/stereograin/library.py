@@ -198,7 +198,7 @@ def _summary_row(
 ) -> tuple[np.ndarray, tuple[list[str], np.ndarray]]:
     """The particle's row of ``particles.csv`` and its grain table (from the voxels if any, else analytic)."""
     from .descriptors import describe_coefficients
-    from .export import GRAIN_TABLE_COLUMNS, grain_table, particle_summary
+    from .export import GRAIN_TABLE_COLUMNS, grain_table, summary_from_grain_table
 
     um = particle.ct_voxel_nm / 1000.0
     shell = describe_coefficients(particle.coefficients[None], level=3)
@@ -207,10 +207,10 @@ def _summary_row(
         shell["d_max"][0] * um, shell["d_min"][0] * um,
     ]
     if labels is not None:
-        s = particle_summary(labels, config.voxel_size_um, surface="faces")
+        table = grain_table(labels, config.voxel_size_um, origin_um)
+        s = summary_from_grain_table(table[1])  # outer voxel faces x 2/3 v^2 for the surface area
         row = [s["grain_count"], s["volume_um3"], s["surface_area_um2"], s["sphericity"],
                s["grain_boundary_area_per_volume_um_inv"], s["mean_grain_volume_um3"], s["mean_grain_diameter_um"]]
-        table = grain_table(labels, config.voxel_size_um, origin_um)
     else:
         # analytic: grain volumes and centres from the assembly grid, no surfaces
         px = particle.px_um
@@ -292,6 +292,14 @@ def _sha256_files(paths: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
+def _digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of ``folder/shell_model.json`` and of ``folder/grain_model/`` (weights and JSON together)."""
+    return {
+        "shell_model": _sha256_files([folder / "shell_model.json"]),
+        "grain_model": _sha256_files((folder / "grain_model").iterdir()),
+    }
+
+
 def model_digest(kind: str, model: Any) -> str:
     """SHA-256 of a model as a library manifest records it (``kind``: ``shell_model`` or ``grain_model``).
 
@@ -301,27 +309,23 @@ def model_digest(kind: str, model: Any) -> str:
     if kind not in ("shell_model", "grain_model"):
         raise StereograinError(f"model kind must be 'shell_model' or 'grain_model', got {kind!r}")
     with tempfile.TemporaryDirectory(prefix="stereograin-digest-") as tmp:
-        if kind == "shell_model":
-            model.save(Path(tmp) / "shell_model.json")
-            return _sha256_files([Path(tmp) / "shell_model.json"])
-        model.save(Path(tmp) / "grain_model")
-        return _sha256_files((Path(tmp) / "grain_model").iterdir())
+        path = Path(tmp) / ("shell_model.json" if kind == "shell_model" else "grain_model")
+        model.save(path)
+        return _sha256_files([path] if kind == "shell_model" else path.iterdir())
 
 
 def _install_models(out: Path, shell_model: Any, grain_model: Any) -> dict[str, str]:
-    """Write the models into ``out/models`` (first run) and return their SHA-256."""
+    """Write the models into ``out/models`` (first run), or check they are the ones there; return their SHA-256."""
     models = out / "models"
     tmp = Path(tempfile.mkdtemp(prefix=".models.", dir=out))
     try:
         shell_model.save(tmp / "shell_model.json")
         grain_model.save(tmp / "grain_model")
-        # the grain model's JSON records the weights' hash; the weights file is hashed with it
-        digests = {
-            "shell_model": _sha256_files([tmp / "shell_model.json"]),
-            "grain_model": _sha256_files((tmp / "grain_model").iterdir()),
-        }
+        digests = _digests(tmp)
         if not models.exists():
             os.replace(tmp, models)
+        elif _digests(models) != digests:
+            raise StereograinError(f"{models} holds other models than the ones given; use the same ones or another folder")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return digests
@@ -510,10 +514,6 @@ def generate_library(
         _check_resume(out, manifest)
     elif any(p.name.startswith("particle_") for p in out.iterdir()):
         raise StereograinError(f"{out} holds particle folders but no {MANIFEST}; choose an empty folder")
-    installed = out / "models"
-    if _sha256_files([installed / "shell_model.json"]) != digests["shell_model"] or \
-            _sha256_files((installed / "grain_model").iterdir()) != digests["grain_model"]:
-        raise StereograinError(f"{installed} holds other models than the ones given; use the same ones or another folder")
     write_json(out / MANIFEST, {**manifest, "finished": None})
 
     for stale in out.glob(".particle_*.tmp"):  # left by a killed run; particles are remade whole

@@ -34,9 +34,20 @@ _MAX_GALLERY = 64
 
 
 def _check_path(path: str | os.PathLike) -> Path:
-    path = Path(path)
+    """The PNG output path; fails before any drawing on a path that cannot be written."""
+    try:
+        path = Path(path)
+    except TypeError:
+        raise StereograinError(f"path must be a file name ending in .png, got {path!r}") from None
     if path.suffix.lower() != ".png":
         raise StereograinError(f"figures are written as PNG; give a file name ending in .png, got {path.name!r}")
+    if path.is_dir():
+        raise StereograinError(f"output {path} is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise StereograinError(f"cannot write {path}: {parent} is a file, not a folder")
+            break
     return path
 
 

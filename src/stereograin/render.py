@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 
 from .errors import StereograinError
 from .export import _check_voxel_size
+from .plots import _check_path
 from .io import _check_labels as _io_check_labels
 from .io import atomic_path
 
@@ -66,24 +67,6 @@ def _check_size(size: Any) -> tuple[int, int]:
                 f"size must be two integers in {_MIN_SIZE}..{_MAX_SIZE} pixels (width, height), got {size!r}"
             )
     return int(w), int(h)
-
-
-def _check_png_path(path: str | os.PathLike) -> Path:
-    """Fail before rendering (not after) on a path that cannot be written."""
-    try:
-        path = Path(path)
-    except TypeError:
-        raise StereograinError(f"path must be a file name ending in .png, got {path!r}") from None
-    if path.suffix.lower() != ".png":
-        raise StereograinError(f"images are written as PNG; give a file name ending in .png, got {path.name!r}")
-    if path.is_dir():
-        raise StereograinError(f"output {path} is a folder; give a file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise StereograinError(f"cannot write {path}: {parent} is a file, not a folder")
-            break
-    return path
 
 
 def _write_png(img: np.ndarray, path: Path) -> None:
@@ -234,7 +217,7 @@ def render_particle(
     lab = _check_labels(labels)
     voxel = _check_voxel_size(voxel_size_um)
     width, height = _check_size(size)
-    out = None if path is None else _check_png_path(path)
+    out = None if path is None else _check_path(path)
     palette = grain_palette(colormap)
     pv = _pyvista()
     try:
@@ -336,7 +319,7 @@ def contact_sheet(
     tile : int
         Edge length of each (square) tile, pixels.
     """
-    out = _check_png_path(path)
+    out = _check_path(path)
     if isinstance(volumes, np.ndarray) or not isinstance(volumes, Sequence) or len(volumes) == 0:
         raise StereograinError("volumes must be a non-empty list of 3D label volumes (wrap a single one in a list)")
     n = len(volumes)

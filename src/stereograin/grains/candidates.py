@@ -954,7 +954,6 @@ def _tree_meta(group_size, unode_size, shrink, pstart, pend, pleft, pdepth, pnsu
     points of the last filtering ancestor). Also returns the deepest relative
     depth inside a group and the largest group subtree.
     """
-    nn = pstart.shape[0]
     ng = 0
     stack = np.empty(200, np.int64)
     stack[0] = 0
