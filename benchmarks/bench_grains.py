@@ -124,9 +124,11 @@ def bench_sampling(quick: bool) -> dict[str, float]:
             grid = K.cell_grid(s.positions)
             nz_s, g_s = G._gather_marks(grid.order, s.noise, s.gamma)
 
-            def job(cells: tuple[int, int], grid=grid, nz_s=nz_s, g_s=g_s, f=f, Q=Q) -> None:
+            rank = np.arange(len(grid), dtype=np.int64)
+
+            def job(cells: tuple[int, int], grid=grid, nz_s=nz_s, g_s=g_s, f=f, Q=Q, rank=rank) -> None:
                 a = int(grid.start[cells[0]])
-                G._run_features(grid, nz_s, g_s, 12, cells[0], cells[1], a, True, fscale, f[a:], Q)
+                G._run_features(grid, nz_s, g_s, 12, cells[0], cells[1], rank, a, fscale, f[a:], Q)
 
             K._run_batches(job, K._cell_batches(grid, K._batch_size(len(grid), nw, G.SAMPLE_CHUNK)), nw)
 

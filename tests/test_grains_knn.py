@@ -231,6 +231,29 @@ def test_sample_markers_equals_net_markers_and_chunking() -> None:
     assert torch.get_num_threads() == threads  # restored
 
 
+def test_sample_markers_for_a_subset_uses_all_seeds_as_neighbours() -> None:
+    net = _spicy_net()
+    s = poisson_seeds(40.0, MU_1, 5)
+    D, r, Q = sample_markers(net, s)
+    need = np.linalg.norm(s.positions, axis=1) < 25.0  # an inner ball: its rim's neighbours lie outside
+    assert 10 < need.sum() < len(s) - 10
+    for workers in (1, 2):
+        Dn, rn, Qn = sample_markers(net, s, workers=workers, need=need)
+        np.testing.assert_allclose(Dn[need], D[need], rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(rn[need], r[need], rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(Qn[need], Q[need])
+        assert np.all(np.isnan(Dn[~need])) and np.all(np.isnan(rn[~need]))
+    none = sample_markers(net, s, need=np.zeros(len(s), bool))[0]
+    assert np.all(np.isnan(none))
+    for bad in (need.astype(int), need[:-1]):
+        with pytest.raises(StereograinError, match="need must be a boolean array"):
+            sample_markers(net, s, need=bad)
+    # the float64 path honours it too
+    Dd = sample_markers(net.double(), s, need=need)[0]
+    np.testing.assert_allclose(Dd[need], D[need], rtol=1e-5, atol=1e-5)
+    assert np.all(np.isnan(Dd[~need]))
+
+
 def test_sample_markers_float64_net_takes_the_general_path() -> None:
     net = _spicy_net(1).double()
     s = poisson_seeds(25.0, MU_1, 6)

@@ -215,6 +215,14 @@ def test_model_save_load_round_trip_and_sampling(tmp_path: Path) -> None:
     np.testing.assert_array_equal(g.label_points(pts), GBPD(a.positions, a.metrics(), a.r).label_points_bruteforce(pts))
     # different seeds differ
     assert model.sample(30.0, 8).n != a.n or not np.array_equal(model.sample(30.0, 8).positions, a.positions)
+    # a selection keeps the same draws, returns only the selected seeds, with their markers
+    inner = model.sample(30.0, 7, select=lambda x: x[:, 0] > 5.0)
+    sel = a.positions[:, 0] > 5.0
+    np.testing.assert_array_equal(inner.positions, a.positions[sel])
+    np.testing.assert_allclose(inner.D, a.D[sel], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(inner.r, a.r[sel], rtol=1e-6, atol=1e-6)
+    with pytest.raises(StereograinError, match="select must return a boolean array"):
+        model.sample(30.0, 7, select=lambda x: x[:, 0])
 
 
 def test_model_load_errors(tmp_path: Path) -> None:

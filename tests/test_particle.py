@@ -82,21 +82,35 @@ def test_inside_shell_matches_direct_evaluation():
 
 def test_cell_moments_match_numpy():
     rng = np.random.default_rng(2)
-    lab = rng.integers(0, 6, (7, 9, 11)).astype(np.int32)
-    lab[lab == 4] = 0  # an absent label
-    counts, mean, lo, hi = cell_moments(lab, 5)
+    lab = rng.integers(0, 4, (7, 9, 11)).astype(np.int32)  # labels 0-3 at random; 7 is absent
+    lab[2:6, 3:8, 2:9] = 5  # a block: long runs along x, enclosing label 4, which encloses 6
+    lab[3:5, 4:7, 4:7] = 4
+    lab[3, 5, 5] = 6
+    counts, mean, lo, hi, open_ = cell_moments(lab, 7)
     k, j, i = np.indices(lab.shape)
-    for c in range(6):
+    zero = lab == 0
+    near0 = np.zeros_like(zero)  # 6-neighbours of a 0 voxel
+    for ax in range(3):
+        a, b = [slice(None)] * 3, [slice(None)] * 3
+        a[ax], b[ax] = slice(1, None), slice(None, -1)
+        near0[tuple(a)] |= zero[tuple(b)]
+        near0[tuple(b)] |= zero[tuple(a)]
+    face = np.ones_like(zero)
+    face[1:-1, 1:-1, 1:-1] = False
+    assert counts[0] == zero.sum() and not open_[0] and np.all(np.isnan(mean[0]))
+    for c in range(1, 8):
         sel = lab == c
         assert counts[c] == sel.sum()
         if sel.any():
             np.testing.assert_allclose(mean[c], [i[sel].mean(), j[sel].mean(), k[sel].mean()])
             np.testing.assert_array_equal(lo[c], [i[sel].min(), j[sel].min(), k[sel].min()])
             np.testing.assert_array_equal(hi[c], [i[sel].max(), j[sel].max(), k[sel].max()])
+            assert open_[c] == np.any(sel & (near0 | face)), c
         else:
-            assert np.all(np.isnan(mean[c])) and np.all(lo[c] == -1)
-    with pytest.raises(StereograinError, match="0..5"):
-        cell_moments(lab + 1, 5)
+            assert np.all(np.isnan(mean[c])) and np.all(lo[c] == -1) and not open_[c]
+    assert not open_[4] and not open_[6] and open_[5] and counts[7] == 0  # enclosed cells are closed
+    with pytest.raises(StereograinError, match="0..7"):
+        cell_moments(lab + 5, 7)
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +122,8 @@ def tiny():
     # (label_grid equals the brute-force argmin; tests/test_tessellation.py checks that)
     h, m = 0.5, 64
     ref = arch.gbpd().label_grid((2 * m + 1,) * 3, origin=-m * h, spacing=h)
-    counts, mean, lo, hi = cell_moments(ref, arch.n)
-    closed = (counts > 0) & (lo.min(axis=1) > 0) & (hi.max(axis=1) < 2 * m)
+    counts, mean, lo, hi, open_ = cell_moments(ref, arch.n)
+    closed = (counts > 0) & ~open_
     centres = -m * h + h * mean
     return arch, coefs, p, centres, counts * h**3, closed
 
@@ -138,14 +152,15 @@ def test_voxels_are_the_union_of_kept_cells(tiny):
     lab, origin = p.label_volume(0.05)  # 1 px
     assert lab.dtype == np.uint32 and lab.max() == p.n_grains
     assert set(np.unique(lab)) == set(range(p.n_grains + 1))
-    # brute force over the full architecture: kept cells match except in slivers of dropped neighbours
+    # the particle stores every seed of the architecture: the brute force over it, relabelled
+    assert p.grains.n == arch.n
     pts = grid_points(lab.shape, origin=origin / 0.05, spacing=1.0)
     full = arch.gbpd().label_points_bruteforce(pts).reshape(lab.shape)
     key = {int(np.flatnonzero(np.all(arch.positions == s, axis=1))[0]) + 1: g + 1
            for g, s in enumerate(p.grains.positions[: p.n_grains])}
     lut = np.zeros(arch.n + 1, np.uint32)
     lut[list(key)] = list(key.values())
-    assert np.mean(lut[full] == lab) > 0.999
+    np.testing.assert_array_equal(lut[full], lab)
     # and exactly the brute force over the stored seeds
     stored = p.grains.gbpd().label_points_bruteforce(pts).reshape(lab.shape)
     stored[stored > p.n_grains] = 0
@@ -162,6 +177,21 @@ def test_particle_file_round_trip_is_bit_exact(tiny, tmp_path):
     b, ob = q.label_volume(0.1)
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(oa, ob)
+
+
+def test_assembly_region_gives_the_whole_box_result_or_signals_a_cut(tiny):
+    arch, coefs, p, _, _, _ = tiny
+    # a padding wide enough to hold every kept cell: the same particle as the whole box
+    q = assemble(coefs, CT_NM, arch, window_px=30.0, com_spacing_px=1.0, pad_px=14.0)
+    assert q.n_grains == p.n_grains
+    np.testing.assert_array_equal(q.grains.positions, p.grains.positions)
+    np.testing.assert_array_equal(q.centres_px, p.centres_px)
+    np.testing.assert_array_equal(q.volumes_px3, p.volumes_px3)
+    # too little padding: kept cells reach the region's edge
+    with pytest.raises(_CellCut):
+        assemble(coefs, CT_NM, arch, window_px=30.0, com_spacing_px=1.0, pad_px=0.0)
+    with pytest.raises(StereograinError, match="padding must be >= 0"):
+        assemble(coefs, CT_NM, arch, window_px=30.0, com_spacing_px=1.0, pad_px=-1.0)
 
 
 def test_cut_cells_signal_a_larger_window():

@@ -109,3 +109,14 @@ def test_real_sph_harm_equals_scipy_convention():
     # SciPy's arccos loses the 1e-9 polar angle of row 202; the recurrence keeps it
     np.testing.assert_allclose(np.delete(Y, 202, 0), np.delete(ref, 202, 0), atol=1e-12)
     np.testing.assert_allclose(Y[202], ref[202], atol=1e-8)
+
+
+def test_evaluate_one_expansion_at_directions_equals_the_basis_product():
+    rng = np.random.default_rng(3)
+    for L in (0, 1, 4, 9, 14):
+        a = rng.standard_normal((L + 1) ** 2)
+        u = rng.standard_normal((500, 3)) * rng.uniform(0.1, 5.0, (500, 1))  # any length
+        u[0], u[1], u[2] = (0, 0, 2.0), (0, 0, -0.5), (1e-9, 0, 1.0)  # poles and near-pole
+        np.testing.assert_allclose(sphere.evaluate(a, u), sphere.real_sph_harm(L, u) @ a, rtol=0, atol=1e-12 * np.abs(a).sum())
+    with pytest.raises(StereograinError):
+        sphere.evaluate(np.ones(16), np.zeros((3, 3)))

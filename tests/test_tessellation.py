@@ -102,6 +102,35 @@ def test_label_grid_2d_and_points_equal_bruteforce(D_range):
     np.testing.assert_array_equal(out, g.label_points_bruteforce(pts))
 
 
+@pytest.mark.parametrize("block", [1, 3, 4, 8])
+def test_label_grid_mask_labels_only_masked_blocks(block):
+    g = random_gbpd(np.random.default_rng(11), 250, 3, 60.0, (0.3, 8.0))
+    shape = (23, 30, 37)  # not multiples of the blocks or of the engine's leaves
+    full = g.label_grid(shape, origin=-3.0, spacing=1.7)
+    rng = np.random.default_rng(block)
+    mask = rng.random(tuple(-(-s // block) for s in shape)) < 0.35
+    out = g.label_grid(shape, origin=-3.0, spacing=1.7, mask=mask, mask_block=block)
+    voxels = mask.repeat(block, 0).repeat(block, 1).repeat(block, 2)[: shape[0], : shape[1], : shape[2]]
+    np.testing.assert_array_equal(out[voxels], full[voxels])
+    assert np.all(out[~voxels] == 0) and 0.2 < voxels.mean() < 0.5
+    empty = g.label_grid(shape, mask=np.zeros_like(mask), mask_block=block)
+    assert empty.shape == shape and not empty.any()
+
+
+def test_label_grid_mask_bad_input():
+    g = random_gbpd(np.random.default_rng(1), 20, 3, 10.0, (0.5, 2.0))
+    for kw, msg in (
+        ({"mask": np.ones((2, 3, 3), bool), "mask_block": 4}, "must have shape"),
+        ({"mask": np.ones((3, 3, 3)), "mask_block": 4}, "boolean array"),
+        ({"mask": np.ones((3, 3, 3), bool), "mask_block": 0}, "positive integer"),
+    ):
+        with pytest.raises(StereograinError, match=msg):
+            g.label_grid((10, 10, 10), **kw)
+    g2 = random_gbpd(np.random.default_rng(1), 20, 2, 10.0, (0.5, 2.0))
+    with pytest.raises(StereograinError, match="needs a 3D grid"):
+        g2.label_grid((10, 10), mask=np.ones((10, 10), bool))
+
+
 def test_label_plane_and_points_3d_equal_bruteforce():
     rng = np.random.default_rng(4)
     g = random_gbpd(rng, 250, 3, 60.0, (0.1, 50.0))

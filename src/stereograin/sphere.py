@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numba
 import numpy as np
 from scipy.spatial import SphericalVoronoi
 from scipy.spatial.transform import Rotation
@@ -291,6 +292,55 @@ def fit_coefficients(
     return coef[0] if single else coef
 
 
+@lru_cache(maxsize=32)
+def _recurrence_table(L: int) -> np.ndarray:
+    """``(3, L+1, L+1)``: the factors of :func:`real_sph_harm`'s recurrences (``[0]``: P_mm step, ``[1]``, ``[2]``: a, b)."""
+    t = np.zeros((3, L + 1, L + 1))
+    for m in range(L + 1):
+        t[0, m, 0] = -np.sqrt((2.0 * m + 1.0) / (2.0 * m)) if m > 0 else 1.0
+        for l in range(m + 2, L + 1):
+            t[1, m, l] = np.sqrt((4.0 * l * l - 1.0) / (l * l - m * m))
+            t[2, m, l] = np.sqrt(((l - 1.0) ** 2 - m * m) / (4.0 * (l - 1.0) ** 2 - 1.0))
+    t.setflags(write=False)
+    return t
+
+
+@numba.njit(cache=True, nogil=True)
+def _expansion(a, L, u, tab, out):  # pragma: no cover - compiled
+    # real_sph_harm's recurrences, summed on the fly per direction: no (n, (L+1)^2) basis in memory.
+    sqrt2 = np.sqrt(2.0)
+    y00 = np.sqrt(1.0 / (4.0 * np.pi))
+    for i in range(u.shape[0]):
+        ux, uy, uz = u[i, 0], u[i, 1], u[i, 2]
+        nrm = np.sqrt(ux * ux + uy * uy + uz * uz)
+        ux, uy, uz = ux / nrm, uy / nrm, uz / nrm
+        rho = np.hypot(ux, uy)
+        x = uz
+        if rho > 0:
+            c1, s1 = ux / rho, uy / rho
+        else:
+            c1, s1 = 1.0, 0.0
+        pmm = y00
+        cm, sm = 1.0, 0.0
+        acc = 0.0
+        for m in range(L + 1):
+            if m > 0:
+                pmm = tab[0, m, 0] * rho * pmm
+                cm, sm = cm * c1 - sm * s1, sm * c1 + cm * s1
+            p2, p1 = 0.0, pmm
+            for l in range(m, L + 1):
+                if l == m + 1:
+                    p2, p1 = p1, np.sqrt(2.0 * m + 3.0) * x * p1
+                elif l > m + 1:
+                    p2, p1 = p1, tab[1, m, l] * (x * p1 - tab[2, m, l] * p2)
+                base = l * l + l
+                if m == 0:
+                    acc += a[base] * p1
+                else:
+                    acc += sqrt2 * p1 * (a[base + m] * cm + a[base - m] * sm)
+        out[i] = acc
+
+
 def evaluate(coefficients: np.ndarray, directions: np.ndarray | None = None, level: int = 3) -> np.ndarray:
     """Radius function ``P~(u)`` (Eq. 3) of one or many coefficient vectors.
 
@@ -309,5 +359,12 @@ def evaluate(coefficients: np.ndarray, directions: np.ndarray | None = None, lev
     """
     a = np.asarray(coefficients, dtype=np.float64)
     L = degree_of(a.shape[-1])
+    if directions is not None and a.ndim == 1:
+        # one expansion at many directions: summed per direction by a compiled loop,
+        # about 10 times faster than building the basis matrix
+        u = _directions(directions)
+        out = np.empty(len(u))
+        _expansion(a, L, u, _recurrence_table(L), out)
+        return out
     B = basis(L, level) if directions is None else real_sph_harm(L, directions)
     return a @ B.T

@@ -57,17 +57,6 @@ __all__ = [
 ]
 
 
-def _rotation_about(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
-    """Rodrigues rotation matrices, ``axis`` (n, 3) unit, ``angle`` (n,) -> (n, 3, 3)."""
-    c, s = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
-    k = axis
-    K = np.zeros((len(k), 3, 3))
-    K[:, 0, 1], K[:, 0, 2] = -k[:, 2], k[:, 1]
-    K[:, 1, 0], K[:, 1, 2] = k[:, 2], -k[:, 0]
-    K[:, 2, 0], K[:, 2, 1] = -k[:, 1], k[:, 0]
-    return np.eye(3) + s * K + (1 - c) * (K @ K)
-
-
 def radial_frames(seeds: np.ndarray, gamma: np.ndarray | None = None, eps: float = 1e-9) -> np.ndarray:
     """Basis changes ``Q_i`` into each seed's radial frame (Eq. 12).
 
@@ -103,14 +92,58 @@ def radial_frames(seeds: np.ndarray, gamma: np.ndarray | None = None, eps: float
     if d == 2:
         c, sn = st[:, 0], st[:, 1]
         return np.stack([np.stack([c, sn], -1), np.stack([-sn, c], -1)], axis=1)
-    e1 = np.array([1.0, 0.0, 0.0])
-    b = st + e1
-    bn = np.linalg.norm(b, axis=1)
-    axis = np.where(bn[:, None] > eps, b / np.where(bn > eps, bn, 1.0)[:, None], np.array([0.0, 0.0, 1.0]))
-    half_turn = 2.0 * axis[:, :, None] * axis[:, None, :] - np.eye(3)
     g = np.zeros(n) if gamma is None else np.asarray(gamma, dtype=np.float64).reshape(n)
-    spin = _rotation_about(np.tile(e1, (n, 1)), g)
-    return spin @ half_turn
+    Q = np.empty((n, 3, 3))
+    _frames3(s, g, float(eps), Q)
+    return Q
+
+
+@numba.njit(cache=True, nogil=True)
+def _frames3(s, g, eps, Q):  # pragma: no cover - compiled
+    for i in range(s.shape[0]):
+        _frame(s[i, 0], s[i, 1], s[i, 2], g[i], Q, i, eps)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _frame(x, y, z, g, Q, row, eps=1e-9):  # pragma: no cover - compiled
+    """``Q[row] = R(e1, g) R(s~ + e1, pi)`` of seed ``(x, y, z)`` with spin ``g`` (:func:`radial_frames`).
+
+    One compiled frame: the marker network's feature pass builds its frames
+    with it too, so both agree bit for bit.
+    """
+    nrm = math.sqrt(x * x + y * y + z * z)
+    if nrm > eps:
+        sx, sy, sz = x / nrm, y / nrm, z / nrm
+    else:
+        sx, sy, sz = 1.0, 0.0, 0.0
+    bx = sx + 1.0
+    bn = math.sqrt(bx * bx + sy * sy + sz * sz)
+    if bn > eps:
+        ax, ay, az = bx / bn, sy / bn, sz / bn
+    else:
+        ax, ay, az = 0.0, 0.0, 1.0
+    # half turn H = 2 a a^T - I
+    h00 = 2.0 * ax * ax - 1.0
+    h01 = 2.0 * ax * ay
+    h02 = 2.0 * ax * az
+    h10 = 2.0 * ay * ax
+    h11 = 2.0 * ay * ay - 1.0
+    h12 = 2.0 * ay * az
+    h20 = 2.0 * az * ax
+    h21 = 2.0 * az * ay
+    h22 = 2.0 * az * az - 1.0
+    # spin about e1: rows (1, 0, 0), (0, c, -s), (0, s, c) with c = 1 - (1 - cos g) as in Rodrigues
+    sn = math.sin(g)
+    cc = 1.0 - (1.0 - math.cos(g))
+    Q[row, 0, 0] = h00
+    Q[row, 0, 1] = h01
+    Q[row, 0, 2] = h02
+    Q[row, 1, 0] = cc * h10 - sn * h20
+    Q[row, 1, 1] = cc * h11 - sn * h21
+    Q[row, 1, 2] = cc * h12 - sn * h22
+    Q[row, 2, 0] = sn * h10 + cc * h20
+    Q[row, 2, 1] = sn * h11 + cc * h21
+    Q[row, 2, 2] = sn * h12 + cc * h22
 
 
 def restricted_metrics(seeds: np.ndarray, D: np.ndarray, gamma: np.ndarray | None = None) -> np.ndarray:
@@ -591,10 +624,15 @@ def _leaf_points(out, b, X, bstart, ids, soa, order, m, low):  # pragma: no cove
 
 
 @numba.njit(cache=True, nogil=True)
-def _box_count(sat, ix, iy, iz, sxy, sz):  # pragma: no cover - compiled
-    """Number of points in buckets ``[ix, ix+sxy) x [iy, iy+sxy) x [iz, iz+sz)`` (summed-volume table)."""
+def _box_count(sat, dv, ix, iy, iz, sxy, sz):  # pragma: no cover - compiled
+    """Count of the summed-volume table ``sat`` over sites ``[ix, ix+sxy) x [iy, iy+sxy) x [iz, iz+sz)``.
+
+    ``sat`` counts per bucket of ``dv`` sites a side (points mode: points per
+    bucket, ``dv = 1``; a masked lattice: masked leaves, ``dv`` = the leaf size).
+    """
     nz, ny, nx = sat.shape[0] - 1, sat.shape[1] - 1, sat.shape[2] - 1
-    x1, y1, z1 = min(ix + sxy, nx), min(iy + sxy, ny), min(iz + sz, nz)
+    x1, y1, z1 = min((ix + sxy + dv - 1) // dv, nx), min((iy + sxy + dv - 1) // dv, ny), min((iz + sz + dv - 1) // dv, nz)
+    ix, iy, iz = ix // dv, iy // dv, iz // dv
     return (
         sat[z1, y1, x1] - sat[iz, y1, x1] - sat[z1, iy, x1] - sat[z1, y1, ix]
         + sat[iz, iy, x1] + sat[iz, y1, ix] + sat[z1, iy, ix] - sat[iz, iy, ix]
@@ -610,7 +648,7 @@ def _site(o, A, tx, ty, tz):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat, o, A, S, Mu, r, Rl, Gl, cnt, tmp, corig):  # pragma: no cover
+def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat, sdv, o, A, S, Mu, r, Rl, Gl, cnt, tmp, corig):  # pragma: no cover
     """One breadth-first level for parents ``w, w + nw, ...``: candidate lists of their children.
 
     Child ``ch`` of parent ``b`` writes its list to ``tmp[boff[b] * nch + ch * len_b:]``,
@@ -641,7 +679,7 @@ def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat,
             cnt[slot] = -1
             if ix >= nx or iy >= ny or iz >= nz:
                 continue
-            if use_sat and _box_count(sat, ix, iy, iz, cxy, cz_) == 0:
+            if use_sat and _box_count(sat, sdv, ix, iy, iz, cxy, cz_) == 0:
                 continue
             cx, cy, cz = _site(o, A, ix + 0.5 * (cxy - 1), iy + 0.5 * (cxy - 1), iz + 0.5 * (cz_ - 1))
             m = _block_keep(soa, 0, pn, cx, cy, cz, hxy, hxy, hz, A, work[0], work[1], work[2], work[3], keep)
@@ -653,7 +691,7 @@ def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat,
 
 @numba.njit(cache=True, nogil=True)
 def _descend_worker(
-    slabs, out_grid, out_pts, torig, toff, tidx, sstart, sizes, sizesz, hxy, hz, sat, X, bstart,
+    slabs, out_grid, out_pts, torig, toff, tidx, sstart, sizes, sizesz, hxy, hz, sat, sdv, X, bstart,
     o, A, S, Mu, r, Rtab, Gl, T, T32, ids, soa, work, iwork, b32, l32, slab, screen,
 ):  # pragma: no cover - compiled
     """Depth-first from the task blocks down to the leaves, for the slabs ``slabs``.
@@ -671,6 +709,7 @@ def _descend_worker(
     shape_y = sat.shape[1] - 1 if X.shape[0] > 0 else out_grid.shape[1]
     shape_x = sat.shape[2] - 1 if X.shape[0] > 0 else out_grid.shape[2]
     points_mode = X.shape[0] > 0
+    use_sat = sat.shape[0] > 1  # points mode, or a lattice with masked-out leaves (left 0)
     cnt = np.zeros(nl, np.int64)
     nxt = np.zeros(nl, np.int64)
     org = np.zeros((nl, 3), np.int64)
@@ -695,6 +734,8 @@ def _descend_worker(
     for si in range(slabs.shape[0]):
         sl_ = slabs[si]
         ty0, tz0 = torig[sstart[sl_], 1], torig[sstart[sl_], 2]
+        if use_sat and not points_mode:
+            slab[:] = 0  # skipped (masked-out) leaves stay 0
         for t0 in range(sstart[sl_], sstart[sl_ + 1]):
             p0 = toff[t0]
             pn = toff[t0 + 1] - p0
@@ -721,7 +762,7 @@ def _descend_worker(
                 iz = org[lev, 2] + ((ch >> 2) & 1) * czz
                 if ix >= shape_x or iy >= shape_y or iz >= shape_z:
                     continue
-                if points_mode and _box_count(sat, ix, iy, iz, cxy, czz) == 0:
+                if use_sat and _box_count(sat, sdv, ix, iy, iz, cxy, czz) == 0:
                     continue
                 cx, cy, cz = _site(o, A, ix + 0.5 * (cxy - 1), iy + 0.5 * (cxy - 1), iz + 0.5 * (czz - 1))
                 n_par = cnt[lev]
@@ -886,8 +927,15 @@ def _run_tree(
     X: np.ndarray,
     bstart: np.ndarray,
     sat: np.ndarray,
+    sdv: int = 1,
 ) -> None:
-    """Label the lattice ``o + i A[0] + j A[1] + k A[2]`` over ``shape3 = (nz, ny, nx)`` (see the engine notes)."""
+    """Label the lattice ``o + i A[0] + j A[1] + k A[2]`` over ``shape3 = (nz, ny, nx)`` (see the engine notes).
+
+    ``sat`` (a summed-volume table, or ``(1, 1, 1)`` for none) skips empty
+    blocks: of points per bucket in points mode (``X`` non-empty), or of
+    masked leaves (buckets of ``sdv`` sites a side) in lattice mode, where the
+    skipped sites are left 0.
+    """
     flat = shape3[0] == 1
     sxy, sz = _level_sizes(shape3, leaf_xy, flat)
     hxy = 0.5 * (sxy - 1) + hpad
@@ -924,7 +972,7 @@ def _run_tree(
         tmp = np.empty(int(off[-1]) * nch, np.int32)
         corig = np.empty((nb * nch, 3), np.int64)
         args = (
-            orig, off, idx, sxy[lvl + 1], sz[lvl + 1], hxy[lvl + 1], hz[lvl + 1], nch, shp, sat,
+            orig, off, idx, sxy[lvl + 1], sz[lvl + 1], hxy[lvl + 1], hz[lvl + 1], nch, shp, sat, sdv,
             o, A, S, Mu, r, Rtab[lvl + 1], Gl, cnt, tmp, corig,
         )
         _in_threads(lambda w, k: _refine_worker(w, k, *args), min(nw, nb))
@@ -936,6 +984,8 @@ def _run_tree(
         idx = tmp[np.repeat(starts - off[:-1], lens) + np.arange(off[-1])]
         orig = corig[keep]
         lvl += 1
+    if len(orig) == 0:  # every block masked out (out_grid is zeros)
+        return
     # Group the task blocks into slabs (rows of blocks along x, same y and z).
     order_t = np.lexsort((orig[:, 0], orig[:, 1], orig[:, 2]))
     orig = orig[order_t]
@@ -964,10 +1014,39 @@ def _run_tree(
         while (i := next(counter)) < nslab:
             _descend_worker(
                 np.array([i], np.int64), out_grid, out_pts, orig, off, idx, sstart, sxy[lvl:], sz[lvl:], hxy[lvl:],
-                hz[lvl:], sat, X, bstart, o, A, S, Mu, r, Rl, Gl, T, T32, *scratch, screen,
+                hz[lvl:], sat, sdv, X, bstart, o, A, S, Mu, r, Rl, Gl, T, T32, *scratch, screen,
             )
 
     _in_threads(job, min(nw, nslab))
+
+
+def _leaf_mask(mask: np.ndarray, block: int, shape: tuple[int, ...], leaf: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A :meth:`GBPD.label_grid` mask on the engine's 3D leaves: ``(any per leaf, per-voxel mask or None)``.
+
+    The per-voxel mask is only built (for clearing afterwards) when the mask's
+    blocks are not whole leaves.
+    """
+    if len(shape) != 3:
+        raise StereograinError(f"a labelling mask needs a 3D grid, got shape {shape}; label the whole image")
+    if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise StereograinError(f"mask_block must be a positive integer (voxels per mask entry), got {block!r}")
+    b = int(block)
+    m = np.asarray(mask)
+    want = tuple(-(-s // b) for s in shape)
+    if m.dtype != np.bool_:
+        raise StereograinError(f"mask must be a boolean array, got dtype {m.dtype}")
+    if m.shape != want:
+        raise StereograinError(f"mask for grid {shape} in blocks of {b} must have shape {want}, got {m.shape}")
+    nl = tuple(-(-s // leaf) for s in shape)
+    if b % leaf == 0:
+        f = b // leaf
+        lm = m.repeat(f, 0).repeat(f, 1).repeat(f, 2)[: nl[0], : nl[1], : nl[2]]
+        return np.ascontiguousarray(lm), None
+    full = m.repeat(b, 0).repeat(b, 1).repeat(b, 2)[: shape[0], : shape[1], : shape[2]]
+    pad = np.zeros(tuple(n * leaf for n in nl), bool)
+    pad[: shape[0], : shape[1], : shape[2]] = full
+    lm = pad.reshape(nl[0], leaf, nl[1], leaf, nl[2], leaf).any(axis=(1, 3, 5))
+    return lm, full
 
 
 def _workers() -> int:
@@ -1145,7 +1224,12 @@ class GBPD:
         return out
 
     def label_grid(
-        self, shape: tuple[int, ...], origin: np.ndarray | float = 0.0, spacing: float = 1.0
+        self,
+        shape: tuple[int, ...],
+        origin: np.ndarray | float = 0.0,
+        spacing: float = 1.0,
+        mask: np.ndarray | None = None,
+        mask_block: int = 1,
     ) -> np.ndarray:
         """Exact labels of a regular grid, equal to ``label_points_bruteforce(grid_points(...))``.
 
@@ -1157,11 +1241,21 @@ class GBPD:
             Position of pixel / voxel ``[0, 0(, 0)]``, ``(x, y[, z])`` order.
         spacing : float
             Distance between neighbouring grid points (diagram units).
+        mask : bool array, optional
+            3D grids only: label only where the mask is true, leave 0 elsewhere.
+            Its shape is ``ceil(shape / mask_block)``: entry ``[c, b, a]``
+            stands for the ``mask_block``-sided block of voxels from
+            ``[c, b, a] * mask_block``. Blocks of whole leaves (``mask_block``
+            a multiple of 4) are skipped at no cost; others are labelled and
+            then cleared.
+        mask_block : int
+            Voxels per mask entry along each axis (>= 1).
 
         Returns
         -------
         int32 array of ``shape``
-            Labels ``1..n``; point ``[k, j, i]`` is at ``origin + spacing * (i, j, k)``.
+            Labels ``1..n`` (0 where masked out); point ``[k, j, i]`` is at
+            ``origin + spacing * (i, j, k)``.
         """
         d = self.dim
         shp = _check_shape(shape, (d,), "grid")
@@ -1173,12 +1267,25 @@ class GBPD:
         A[np.arange(d), np.arange(d)] = sp
         shape3 = (1, *shp) if d == 2 else shp
         flat = shape3[0] == 1
-        out = np.empty(shape3, np.int32)
+        leaf = _LEAF_2D if flat else _LEAF_3D
         S, Mu, r = _padded(self)
+        sat, sdv, full = np.zeros((1, 1, 1), np.int64), 1, None
+        if mask is not None:
+            leaf_mask, full = _leaf_mask(mask, mask_block, shp, leaf)
+            out = np.zeros(shape3, np.int32)
+            if not leaf_mask.any():
+                return out.reshape(shp)
+            sat = np.zeros(tuple(s + 1 for s in leaf_mask.shape), np.int64)
+            sat[1:, 1:, 1:] = leaf_mask.cumsum(0).cumsum(1).cumsum(2)
+            sdv = leaf
+        else:
+            out = np.empty(shape3, np.int32)
         _run_tree(
-            S, Mu, r, o, A, shape3, _LEAF_2D if flat else _LEAF_3D, 0.0,
-            out, np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros(1, np.int64), np.zeros((1, 1, 1), np.int64),
+            S, Mu, r, o, A, shape3, leaf, 0.0,
+            out, np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros(1, np.int64), sat, sdv,
         )
+        if full is not None:
+            out[~full] = 0
         return out.reshape(shp)
 
     def label_plane(

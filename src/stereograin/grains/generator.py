@@ -42,6 +42,7 @@ import torch
 
 from ..errors import StereograinError
 from ..fit2d import D_FLOOR, D_MAX, R_RANGE
+from ..tessellation import _frame
 from . import knn as _k
 from .seeds import Seeds
 
@@ -67,56 +68,17 @@ SAMPLE_CHUNK = 16384
 # and gathers) each stream (n, kappa, .) arrays through memory: 4.6e-6 s per
 # seed before the network at 25,000 seeds, 9.3e-6 s at 1e6, on 2 cores. The kernel below runs per grid cell of
 # :mod:`.knn`: it finds a seed's neighbours, builds its frame and writes its
-# feature row in one go. Frames follow
-# :func:`stereograin.tessellation.radial_frames` operation by operation
-# (results agree to rounding, ~1e-16 relative).
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _frame(x, y, z, g, Q, row):  # pragma: no cover - compiled
-    """``Q[row] = R(e1, g) R(s~ + e1, pi)`` of seed ``(x, y, z)`` with spin ``g``."""
-    eps = 1e-9
-    nrm = math.sqrt(x * x + y * y + z * z)
-    if nrm > eps:
-        sx, sy, sz = x / nrm, y / nrm, z / nrm
-    else:
-        sx, sy, sz = 1.0, 0.0, 0.0
-    bx = sx + 1.0
-    bn = math.sqrt(bx * bx + sy * sy + sz * sz)
-    if bn > eps:
-        ax, ay, az = bx / bn, sy / bn, sz / bn
-    else:
-        ax, ay, az = 0.0, 0.0, 1.0
-    # half turn H = 2 a a^T - I
-    h00 = 2.0 * ax * ax - 1.0
-    h01 = 2.0 * ax * ay
-    h02 = 2.0 * ax * az
-    h10 = 2.0 * ay * ax
-    h11 = 2.0 * ay * ay - 1.0
-    h12 = 2.0 * ay * az
-    h20 = 2.0 * az * ax
-    h21 = 2.0 * az * ay
-    h22 = 2.0 * az * az - 1.0
-    # spin about e1: rows (1, 0, 0), (0, c, -s), (0, s, c) with c = 1 - (1 - cos g) as in Rodrigues
-    sn = math.sin(g)
-    cc = 1.0 - (1.0 - math.cos(g))
-    Q[row, 0, 0] = h00
-    Q[row, 0, 1] = h01
-    Q[row, 0, 2] = h02
-    Q[row, 1, 0] = cc * h10 - sn * h20
-    Q[row, 1, 1] = cc * h11 - sn * h21
-    Q[row, 1, 2] = cc * h12 - sn * h22
-    Q[row, 2, 0] = sn * h10 + cc * h20
-    Q[row, 2, 1] = sn * h11 + cc * h21
-    Q[row, 2, 2] = sn * h12 + cc * h22
+# feature row in one go. Frames come from the same compiled function as
+# :func:`stereograin.tessellation.radial_frames` (``_frame``), bit for bit.
 
 
 @numba.njit(cache=True, nogil=True)
-def _features_cells(gp, start, order, origin, h, gx, gy, gz, slack, k, scale, nz, gam, c_lo, c_hi, row0, sorted_rows, fscale, feats, Q):  # pragma: no cover - compiled
+def _features_cells(gp, start, order, origin, h, gx, gy, gz, slack, k, scale, nz, gam, c_lo, c_hi, rank, row0, sorted_rows, fscale, feats, Q):  # pragma: no cover - compiled
     """Features and frames of the seeds of cells ``[c_lo, c_hi)``.
 
     ``nz`` (n, 2) and ``gam`` (n,) are in the grid's sorted order. Feature row
-    of sorted seed ``q``: ``q - row0`` if ``sorted_rows`` else ``order[q]``;
+    of sorted seed ``q``: ``rank[q] - row0`` if ``sorted_rows`` (seeds with
+    ``rank[q] < 0`` are skipped: no features, no frame) else ``order[q]``;
     ``feats[row, 5 j + a]`` = value times ``fscale[5 j + a]`` in ``feats``'s
     dtype (float64 with ones: plain values; float32: the net's input
     scaling). Frames go to ``Q[order[q]]`` (all n seeds, original order).
@@ -128,13 +90,18 @@ def _features_cells(gp, start, order, origin, h, gx, gy, gz, slack, k, scale, nz
     nbr = np.empty(k, np.int64)
     for c in range(c_lo, c_hi):
         s0 = start[c]
-        if s0 == start[c + 1]:
+        wanted = 0
+        for q in range(s0, start[c + 1]):
+            wanted += (not sorted_rows) or rank[q] >= 0
+        if wanted == 0:
             continue
         fb, ib, nb, home, guess, ix, iy, iz = _k._load_cell(c, gp, start, gx, gy, gz, k, h2m, fb, ib)
         for q in range(s0, start[c + 1]):
+            if sorted_rows and rank[q] < 0:
+                continue
             fb, ib = _k._query(q, s0, home, nb, guess, ix, iy, iz, gp, start, order, origin, inv_h, h2m, gx, gy, gz, slack, k, scale, fb, ib, nbr)
             o = order[q]
-            row = q - row0 if sorted_rows else o
+            row = rank[q] - row0 if sorted_rows else o
             px, py, pz = gp[q, 0], gp[q, 1], gp[q, 2]
             _frame(px, py, pz, gam[q], Q, o)
             q00, q01, q02 = Q[o, 0, 0], Q[o, 0, 1], Q[o, 0, 2]
@@ -205,13 +172,20 @@ def _checked_marks(positions: np.ndarray, noise: np.ndarray, gamma: np.ndarray, 
     return s, nz, g
 
 
-def _run_features(grid: _k.CellGrid, nz_s: np.ndarray, g_s: np.ndarray, kappa: int, c_lo: int, c_hi: int, row0: int, sorted_rows: bool, fscale: np.ndarray, feats: np.ndarray, Q: np.ndarray) -> None:
-    """:func:`_features_cells` on a grid (in the calling thread, GIL released)."""
+def _run_features(grid: _k.CellGrid, nz_s: np.ndarray, g_s: np.ndarray, kappa: int, c_lo: int, c_hi: int, rank: np.ndarray | None, row0: int, fscale: np.ndarray, feats: np.ndarray, Q: np.ndarray) -> None:
+    """:func:`_features_cells` on a grid (in the calling thread, GIL released).
+
+    ``rank`` (n,) int64 in the grid's sorted order: rows ``rank[q] - row0``
+    (``-1``: skip the seed); None: rows in the seeds' original order.
+    """
     gx, gy, gz = (int(d) for d in grid.dims)
     _features_cells(
         grid.points, grid.start, grid.order, grid.origin, grid.h, gx, gy, gz, grid.slack, int(kappa), _k._scale_table(kappa),
-        nz_s, g_s, int(c_lo), int(c_hi), int(row0), bool(sorted_rows), fscale, feats, Q,
+        nz_s, g_s, int(c_lo), int(c_hi), _NO_RANK if rank is None else rank, int(row0), rank is not None, fscale, feats, Q,
     )
+
+
+_NO_RANK = np.zeros(0, np.int64)
 
 
 def neighbour_features(
@@ -251,7 +225,7 @@ def neighbour_features(
     nw = _k._workers_default()
 
     def job(batch: tuple[int, int]) -> None:
-        _run_features(grid, nz_s, g_s, kappa, batch[0], batch[1], 0, False, ones, feats, Q)
+        _run_features(grid, nz_s, g_s, kappa, batch[0], batch[1], None, 0, ones, feats, Q)
 
     _k._run_batches(job, _k._cell_batches(grid, _k._batch_size(n, nw, 1 << 16)), nw)
     return (feats, Q) if return_frames else feats
@@ -422,6 +396,7 @@ def sample_markers(
     seeds: Seeds,
     chunk: int = SAMPLE_CHUNK,
     workers: int | None = None,
+    need: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Markers of a realisation without autograd: the fast path of Algorithm 1.
 
@@ -460,6 +435,10 @@ def sample_markers(
         only through float32 rounding, and not at all on ``workers``.
     workers : int, optional
         Threads (default: numba's thread count).
+    need : (n,) bool array, optional
+        Only these seeds' markers are wanted (all seeds still serve as
+        neighbours); the others' rows are NaN. A seed's markers do not depend
+        on ``need`` beyond float32 rounding (the batches' rows change).
 
     Returns
     -------
@@ -491,13 +470,26 @@ def sample_markers(
     nw = _k._workers_default() if workers is None else int(workers)
     grid = _k.cell_grid(s)  # raises for NaN / infinite positions
     nz_s, g_s = _gather_marks(grid.order, nz, g)
-    D = np.empty((n, 3), np.float64)
-    r = np.empty(n, np.float64)
-    Q = np.empty((n, 3, 3), np.float64)
+    if need is None:
+        want = np.ones(n, bool)
+    else:
+        want = np.asarray(need)
+        if want.dtype != np.bool_ or want.shape != (n,):
+            raise StereograinError(f"need must be a boolean array of shape ({n},), got {want.dtype} {want.shape}")
+    want_s = want[grid.order]
+    # rank[q]: row of sorted seed q among the wanted ones (-1: not wanted); a batch's rows are
+    # rank[a:b] - first[a] with first = the wanted seeds before a
+    first = np.concatenate([[0], np.cumsum(want_s)]).astype(np.int64)
+    rank = np.where(want_s, first[:-1], -1).astype(np.int64)
+    D = np.full((n, 3), np.nan)
+    r = np.full(n, np.nan)
+    Q = np.full((n, 3, 3), np.nan)
+    if not want.any():
+        return D, r, Q
     # Batches are cut for a fixed notional thread count, so the float32 products (whose
     # rounding depends on the batch's rows) and hence the markers do not depend on ``workers``.
     batches = _k._cell_batches(grid, _k._batch_size(n, _BATCH_THREADS, int(chunk)))
-    rows = max(int(grid.start[b] - grid.start[a]) for a, b in batches)
+    rows = max(1, max(int(first[grid.start[b]] - first[grid.start[a]]) for a, b in batches))
 
     if not _FastMLP.supports(net):
         feats = np.empty((rows, nf), np.float64)
@@ -505,9 +497,12 @@ def sample_markers(
         with torch.inference_mode():
             for c_lo, c_hi in batches:
                 a, b = int(grid.start[c_lo]), int(grid.start[c_hi])
-                _run_features(grid, nz_s, g_s, kappa, c_lo, c_hi, a, True, ones, feats[: b - a], Q)
-                Dc, rc = net.markers(torch.from_numpy(feats[: b - a]))
-                idx = grid.order[a:b]
+                m = int(first[b] - first[a])
+                if m == 0:
+                    continue
+                _run_features(grid, nz_s, g_s, kappa, c_lo, c_hi, rank, int(first[a]), ones, feats[:m], Q)
+                Dc, rc = net.markers(torch.from_numpy(feats[:m]))
+                idx = grid.order[a:b][want_s[a:b]]
                 D[idx] = Dc.detach().cpu().numpy()
                 r[idx] = rc.detach().cpu().numpy()
         return D, r, Q
@@ -521,12 +516,15 @@ def sample_markers(
     def job(batch: tuple[int, int]) -> None:
         c_lo, c_hi = batch
         a, b = int(grid.start[c_lo]), int(grid.start[c_hi])
+        m = int(first[b] - first[a])
+        if m == 0:
+            return
         feats, mlp = states.get()
         try:
-            _run_features(grid, nz_s, g_s, kappa, c_lo, c_hi, a, True, fscale, feats[: b - a], Q)
+            _run_features(grid, nz_s, g_s, kappa, c_lo, c_hi, rank, int(first[a]), fscale, feats[:m], Q)
             with torch.inference_mode():
-                out = mlp(torch.from_numpy(feats[: b - a])).numpy()
-            _store_markers(grid.order[a:b], out, *f32, D, r)
+                out = mlp(torch.from_numpy(feats[:m])).numpy()
+            _store_markers(grid.order[a:b][want_s[a:b]], out, *f32, D, r)
         finally:
             states.put((feats, mlp))
 

@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -210,6 +211,7 @@ class GrainModel:
         window: float | np.ndarray,
         rng: np.random.Generator | int | None = None,
         margin: float = SAMPLE_MARGIN,
+        select: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> GrainArchitecture:
         """Draw one 3D grain architecture covering a ball or a box.
 
@@ -221,6 +223,11 @@ class GrainModel:
         rng : numpy Generator, int seed or None
         margin : float
             Seeds are also drawn within ``margin`` px outside the window (module notes).
+        select : callable, optional
+            ``select(positions)`` -> (n,) bool for the drawn seeds (px, (n, 3)):
+            only those are returned, and only their markers are computed (all
+            drawn seeds still serve as neighbours). The random draws do not
+            depend on it.
 
         Returns
         -------
@@ -240,8 +247,15 @@ class GrainModel:
                 f"the window holds only {len(seeds)} seeds at mu = {self.mu:.3g} per px^3; "
                 f"a grain architecture needs more than {self.net.kappa}: enlarge the window"
             )
-        D, r = self.markers(seeds)
-        return GrainArchitecture(seeds.positions, seeds.noise, seeds.gamma, D, r, self.px_nm, R)
+        if select is None:
+            D, r = self.markers(seeds)
+            return GrainArchitecture(seeds.positions, seeds.noise, seeds.gamma, D, r, self.px_nm, R)
+        keep = np.asarray(select(seeds.positions))
+        if keep.dtype != np.bool_ or keep.shape != (len(seeds),):
+            raise StereograinError(f"select must return a boolean array of shape ({len(seeds)},), got {keep.dtype} {keep.shape}")
+        D, r, _ = sample_markers(self.net, seeds, need=keep)
+        idx = np.flatnonzero(keep)
+        return GrainArchitecture(seeds.positions[idx], seeds.noise[idx], seeds.gamma[idx], D[idx], r[idx], self.px_nm, R)
 
     def markers(self, seeds: Seeds, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Markers ``D`` (n, 3) and ``r`` (n,) px of every seed, no gradient (float64 arrays).
