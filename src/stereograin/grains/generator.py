@@ -32,7 +32,6 @@ MLP in preallocated buffers, markers stored in the seeds' order.
 
 from __future__ import annotations
 
-import math
 import queue
 from collections.abc import Sequence
 
