@@ -143,6 +143,26 @@ def test_view_renders_a_library_particle(tmp_path):
     assert_one_line_error(run("view", lib / "particle_000000", "-o", tmp_path / "x.jpg"), "PNG")
 
 
+def test_generate_zarr_layout_and_view_by_index(tmp_path):
+    model = _small_shell_model(tmp_path / "small.json")
+    lib = tmp_path / "lib"
+    r = run("generate", "-n", 2, "--seed", 1, "-o", lib, "--shell-model", model, "--voxel-size", "100nm",
+            "--layout", "zarr", "--workers", 1, "--preview", 1, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "2 particles made" in r.output and "library.zarr" in r.output
+    assert (lib / "library.zarr" / "blocks" / "000000").is_dir() and (lib / "preview.png").is_file()
+    r = run("view", lib, "--index", 1, "-o", tmp_path / "p.png", "--size", 120)
+    assert r.exit_code == 0 and "voxels of 100 nm" in r.output, r.output  # the stored label volume
+    # the same particle as in the folder layout
+    assert run("generate", "-n", 2, "--seed", 1, "-o", tmp_path / "f", "--shell-model", model, "--voxel-size", "100nm",
+               "--workers", 1, "--preview", 0, "--no-progress").exit_code == 0
+    np.testing.assert_array_equal(read_table(lib / "particles.csv")[1], read_table(tmp_path / "f" / "particles.csv")[1])
+    assert run("view", tmp_path / "f", "--index", 1, "-o", tmp_path / "q.png", "--size", 120).exit_code == 0
+    assert_one_line_error(run("view", lib, "-o", tmp_path / "x.png"), "--index")
+    assert_one_line_error(run("view", lib, "--index", 9, "-o", tmp_path / "x.png"), "no particle 9")
+    assert_one_line_error(run("generate", "-n", 1, "-o", tmp_path / "l", "--layout", "zarr", "--format", "msh"), "layout folders")
+
+
 def test_generate_bad_input(tmp_path):
     model = _small_shell_model(tmp_path / "small.json")
     assert_one_line_error(run("generate", "-n", 1, "-o", tmp_path / "l", "--voxel-size", "-50nm"), "length")

@@ -190,3 +190,82 @@ def test_bad_input_gives_one_line_errors_and_leaves_nothing_half_written(tmp_pat
     with pytest.raises(StereograinError, match="No space left on device.*disk full"):
         _make(tmp_path / "full", 1, models, workers=1)
     assert not list((tmp_path / "full").glob("particle_*")) and not list((tmp_path / "full").glob(".particle*"))
+
+
+# ----------------------------------------------------------------------------- the Zarr layout
+
+
+def _make_zarr(out, n, models, **kw):
+    cfg = LibraryConfig(kw.pop("seed", 3), kw.pop("formats", "analytic"), kw.pop("voxel_size_um", 0.1), layout="zarr")
+    return generate_library(out, n, cfg, *models, progress=False, **kw)
+
+
+def test_zarr_layout_holds_the_same_particles_in_few_files(tmp_path, models, monkeypatch):
+    import stereograin.library_store as store
+    from stereograin.library import finished_particles, read_library_particle
+    from stereograin.particle import Particle
+
+    monkeypatch.setattr(store, "BLOCK", 2)  # 3 particles: blocks of 2 and 1
+    info = _make_zarr(tmp_path / "z", 3, models, workers=1)
+    _make(tmp_path / "f", 3, models, workers=1)
+    assert info["made"] == 3 and info["config"]["layout"] == "zarr"
+    assert sorted(p.name for p in (tmp_path / "z" / "library.zarr" / "blocks").iterdir() if p.is_dir()) == ["000000", "000001"]
+    assert not list((tmp_path / "z").glob("particle_*"))
+    assert finished_particles(tmp_path / "z") == finished_particles(tmp_path / "f") == [0, 1, 2]
+    for i in range(3):
+        a = read_library_particle(tmp_path / "z", i)
+        b = Particle.load(particle_folder(tmp_path / "f", i))
+        for name in ("positions", "noise", "gamma", "D", "r"):
+            np.testing.assert_array_equal(getattr(a.grains, name), getattr(b.grains, name))
+        for name in ("coefficients", "centres_px", "volumes_px3", "box_px"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        assert a.n_grains == b.n_grains and a.provenance["index"] == i and a.grains.radius_px == b.grains.radius_px
+    np.testing.assert_array_equal(read_table(tmp_path / "z" / "particles.csv")[1], read_table(tmp_path / "f" / "particles.csv")[1])
+    with pytest.raises(StereograinError, match="no particle 7"):
+        read_library_particle(tmp_path / "f", 7)
+
+
+def test_zarr_layout_label_volumes_resume_and_dask(tmp_path, models, monkeypatch):
+    import stereograin.library_store as store
+    import stereograin.particle as particle
+
+    monkeypatch.setattr(store, "BLOCK", 2)
+    lib = tmp_path / "z"
+    real = particle.make_particle
+
+    def dies_on_3(*args, **kw):
+        if kw.get("provenance", {}).get("index") == 3:
+            raise KeyboardInterrupt  # killed while making the second block
+        return real(*args, **kw)
+
+    monkeypatch.setattr(particle, "make_particle", dies_on_3)
+    with pytest.raises(KeyboardInterrupt):
+        _make_zarr(lib, 5, models, formats="zarr", voxel_size_um=0.2, workers=1)
+    monkeypatch.setattr(particle, "make_particle", real)
+    blocks = lib / "library.zarr" / "blocks"
+    assert sorted(p.name for p in blocks.iterdir() if p.is_dir()) == ["000000"]  # the half-made block left nothing
+    before = (blocks / "000000" / "zarr.json").stat().st_mtime_ns
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        info = _make_zarr(lib, 5, models, formats="zarr", voxel_size_um=0.2, scheduler=cluster.scheduler_address)
+    assert info["made"] == 3 and info["finished"] == 5
+    assert (blocks / "000000" / "zarr.json").stat().st_mtime_ns == before
+    for i in (0, 3, 4):
+        labels, origin, v = store.read_labels(lib, i)
+        ref, ref_origin = store.read_particle(lib, i).label_volume(0.2)
+        assert v == 0.2 and labels.dtype == np.uint32
+        np.testing.assert_array_equal(labels, ref)
+        np.testing.assert_array_equal(origin, ref_origin)
+    # the same particles as a serial run in folders
+    _make(tmp_path / "f", 5, models, formats="tif", voxel_size_um=0.2, workers=1)
+    np.testing.assert_array_equal(read_table(lib / "particles.csv")[1], read_table(tmp_path / "f" / "particles.csv")[1])
+
+
+def test_zarr_layout_bad_input():
+    with pytest.raises(StereograinError, match="analytic particles and label volumes only, not vtp"):
+        LibraryConfig(1, "vtp", layout="zarr")
+    with pytest.raises(StereograinError, match="unknown layout"):
+        LibraryConfig(1, "tif", layout="hdf5")
+    assert LibraryConfig(1, "tif,zarr", layout="zarr").formats == ("zarr",)
+    assert LibraryConfig(1, "analytic", layout="zarr").formats == ("analytic",)

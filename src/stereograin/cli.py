@@ -189,13 +189,14 @@ def generate(
     scheduler: Annotated[str | None, typer.Option(help="Address of a running dask.distributed scheduler, e.g. tcp://host:8786 (OUT must be on a shared file system).")] = None,
     preview: Annotated[int, typer.Option(help="Render the first N particles, cut open, into preview.png (0: none).")] = 4,
     com_spacing: Annotated[float, typer.Option(help="Grid spacing (px of 50 nm) for the grains' centres of mass.")] = 2.0,
+    layout: Annotated[str, typer.Option(help="'folders': a folder per particle; 'zarr': one chunked Zarr store OUT/library.zarr, 64 particles per block (for very large libraries; analytic or label volumes only).")] = "folders",
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Generate a library of virtual particles: shell + grains, label volumes, meshes, tables."""
     from .grains.model import GrainModel
     from .library import LibraryConfig, generate_library
 
-    config = LibraryConfig(seed, fmt, _length_nm(voxel_size) / 1000.0, com_spacing)
+    config = LibraryConfig(seed, fmt, _length_nm(voxel_size) / 1000.0, com_spacing, layout.strip().lower())
     m = _load_shell_model(shell_model)
     g = GrainModel.load(grain_model)
     info = generate_library(output, n, config, m, g, shell_model_name=shell_model, grain_model_name=grain_model,
@@ -204,15 +205,18 @@ def generate(
     rate = f" ({made / info['seconds']:.2f}/s)" if made and info["seconds"] > 0 else ""
     typer.echo(
         f"{made} particles made{rate}" + (f", {kept} already there" if kept else "")
-        + f" -> {output}/particles.csv, {output}/particle_NNNNNN/ ({', '.join(config.formats)})"
+        + f" -> {output}/particles.csv, "
+        + (f"{output}/library.zarr" if config.layout == "zarr" else f"{output}/particle_NNNNNN/")
+        + f" ({', '.join(config.formats)})"
     )
 
 
 @app.command("view")
 @_friendly
 def view(
-    particle: Annotated[Path, typer.Argument(help="A particle folder of a library (particle_NNNNNN/) or its particle.json.")],
+    particle: Annotated[Path, typer.Argument(help="A particle folder of a library (particle_NNNNNN/) or its particle.json; or a library folder with --index.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG to write.")],
+    index: Annotated[int | None, typer.Option(help="With a library folder (either layout): the particle's index.")] = None,
     voxel_size: Annotated[str | None, typer.Option(help="Re-voxelise at this size (e.g. 0.1um); default: the folder's labels.tif, else 0.1um.")] = None,
     cut: Annotated[bool, typer.Option("--cut/--no-cut", help="Cut away the octant beyond the particle's centroid (towards the viewer) to show the grains inside.")] = True,
     size: Annotated[int, typer.Option(help="Image width and height in pixels.")] = 800,
@@ -220,15 +224,32 @@ def view(
     """Render a particle to PNG (offscreen), grains coloured, cut open."""
     from .render import render_particle
 
-    labels, v = _particle_labels(particle, voxel_size)
+    labels, v = _particle_labels(particle, voxel_size, index)
     render_particle(labels, v, output, cut=cut, size=(size, size))
     typer.echo(f"{int(labels.max())} grains, {labels.shape[2]}x{labels.shape[1]}x{labels.shape[0]} voxels of {v * 1000:g} nm -> {output}")
 
 
-def _particle_labels(path: Path, voxel_size: str | None) -> tuple[Any, float]:
-    """A particle's label volume (uint32) and voxel size (um): its labels.tif, or voxelised from particle.json."""
+def _particle_labels(path: Path, voxel_size: str | None, index: int | None = None) -> tuple[Any, float]:
+    """A particle's label volume (uint32) and voxel size (um): its stored labels, or voxelised from the analytic particle."""
+    from .library import MANIFEST, read_library_particle
+    from .library_store import STORE, read_labels
     from .particle import Particle
 
+    if index is not None or (path / MANIFEST).is_file():
+        if index is None:
+            raise StereograinError(f"{path} is a library; give the particle with --index N")
+        if (path / STORE).is_dir():
+            if voxel_size is None:
+                try:
+                    labels, _, v = read_labels(path, index)
+                    return labels, v
+                except StereograinError:  # an analytic library: voxelise below
+                    pass
+            v = 0.1 if voxel_size is None else _length_nm(voxel_size) / 1000.0
+            return read_library_particle(path, index).label_volume(v)[0], v
+        from .library import particle_folder
+
+        path = particle_folder(path, index)
     folder = path if path.is_dir() else path.parent
     tif = folder / "labels.tif"
     if voxel_size is None and tif.is_file():

@@ -61,6 +61,9 @@ __all__ = [
     "make_library_particle",
     "model_digest",
     "generate_library",
+    "read_library_particle",
+    "finished_particles",
+    "LAYOUTS",
 ]
 
 MANIFEST = "manifest.json"
@@ -83,6 +86,9 @@ FORMATS: dict[str, str | None] = {
     "vtu": "mesh.vtu",
 }
 _ALIASES = {"tiff": "tif", "hdf5": "h5", "vtk": "vti", "gmsh": "msh", "abaqus": "inp"}
+
+#: Library layouts: a folder per particle, or one chunked Zarr store (:mod:`stereograin.library_store`).
+LAYOUTS = ("folders", "zarr")
 
 #: Columns of ``particle.csv`` / ``particles.csv`` (lengths um, areas um^2, volumes um^3).
 #: Voxel-based columns are NaN in an ``analytic`` library (no voxels are made).
@@ -155,12 +161,17 @@ class LibraryConfig:
         Voxel edge of the label volumes and meshes (um).
     com_spacing_px : float
         Grid spacing of the grains' centres of mass (px; :mod:`stereograin.particle`).
+    layout : str
+        ``folders`` (a folder per particle) or ``zarr`` (one chunked Zarr store,
+        :mod:`stereograin.library_store`; formats ``analytic``, or label volumes
+        in the store: ``tif``/``zarr``, recorded as ``zarr``).
     """
 
     seed: int
     formats: tuple[str, ...] = ("tif",)
     voxel_size_um: float = 0.05
     com_spacing_px: float = 2.0
+    layout: str = "folders"
 
     def __post_init__(self) -> None:
         v = float(self.voxel_size_um)
@@ -171,7 +182,18 @@ class LibraryConfig:
         h = float(self.com_spacing_px)
         if not (0 < h <= 10 and math.isfinite(h)):
             raise StereograinError(f"centre-of-mass spacing must be in (0, 10] px, got {self.com_spacing_px!r}")
-        object.__setattr__(self, "formats", parse_formats(self.formats))
+        formats = parse_formats(self.formats)
+        if self.layout not in LAYOUTS:
+            raise StereograinError(f"unknown layout {self.layout!r}; choose {' or '.join(LAYOUTS)}")
+        if self.layout == "zarr" and formats != ("analytic",):
+            other = [f for f in formats if f not in ("tif", "zarr")]
+            if other:
+                raise StereograinError(
+                    f"--layout zarr stores analytic particles and label volumes only, not {', '.join(other)}; "
+                    "use --layout folders for meshes and other volume formats"
+                )
+            formats = ("zarr",)
+        object.__setattr__(self, "formats", formats)
 
     @property
     def voxelised(self) -> bool:
@@ -379,31 +401,40 @@ def _limit_threads() -> None:
     threadpool_limits(1)
 
 
-def _run_local(out: Path, todo: list[int], config: LibraryConfig, workers: int) -> Iterator[np.ndarray]:
-    """Rows of particles ``todo`` as they finish, made by ``workers`` local processes (1: in this one)."""
+def _task(out: Path, task: int, config: LibraryConfig, n: int) -> np.ndarray:
+    """One unit of work, its rows (k, C): particle ``task`` (folders) or block ``task`` (zarr layout)."""
+    if config.layout == "zarr":
+        from .library_store import make_block
+
+        return make_block(out, task, n, config)
+    return make_library_particle(out, task, config)[None]
+
+
+def _run_local(out: Path, todo: list[int], config: LibraryConfig, n: int, workers: int) -> Iterator[np.ndarray]:
+    """Rows of the tasks ``todo`` as they finish, made by ``workers`` local processes (1: in this one)."""
     if workers == 1:
-        for i in todo:
-            yield make_library_particle(out, i, config)
+        for t in todo:
+            yield _task(out, t, config, n)
         return
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # spawn, not fork: torch's and numba's thread pools do not survive a fork
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_limit_threads) as pool:
-        yield from _bounded(lambda i: pool.submit(make_library_particle, out, i, config), todo, 4 * workers,
+        yield from _bounded(lambda t: pool.submit(_task, out, t, config, n), todo, 4 * workers,
                             lambda fs: wait(fs, return_when=FIRST_COMPLETED)[0])
 
 
-def _dask_particle(out: Path, index: int, config: LibraryConfig) -> np.ndarray:
-    """:func:`make_library_particle` in a dask worker thread: one numba thread (numba's count is per thread)."""
+def _dask_task(out: Path, task: int, config: LibraryConfig, n: int) -> np.ndarray:
+    """:func:`_task` in a dask worker thread: one numba thread (numba's count is per thread)."""
     import numba
 
     numba.set_num_threads(1)
-    return make_library_particle(out, index, config)
+    return _task(out, task, config, n)
 
 
-def _run_dask(out: Path, todo: list[int], config: LibraryConfig, scheduler: str) -> Iterator[np.ndarray]:
-    """Rows of particles ``todo`` made on the dask.distributed cluster at ``scheduler``."""
+def _run_dask(out: Path, todo: list[int], config: LibraryConfig, n: int, scheduler: str) -> Iterator[np.ndarray]:
+    """Rows of the tasks ``todo`` made on the dask.distributed cluster at ``scheduler``."""
     from distributed import Client, wait
 
     try:
@@ -412,7 +443,7 @@ def _run_dask(out: Path, todo: list[int], config: LibraryConfig, scheduler: str)
         raise StereograinError(f"cannot reach the dask scheduler at {scheduler} ({exc}); start it or check the address") from None
     with client:
         width = 4 * max(1, sum(client.nthreads().values()))
-        yield from _bounded(lambda i: client.submit(_dask_particle, out, i, config, pure=False), todo, width,
+        yield from _bounded(lambda t: client.submit(_dask_task, out, t, config, n, pure=False), todo, width,
                             lambda fs: wait(list(fs), return_when="FIRST_COMPLETED").done)
 
 
@@ -508,44 +539,89 @@ def generate_library(
         "random_streams": "particle i uses numpy SeedSequence(seed, spawn_key=(i,)); shell, then grains, from its children",
         "units": {"tables": "micrometres", "label_volume": "uint32, 0 = outside, grains 1..k",
                   "voxel_size_um": config.voxel_size_um, "particle_json": "shell in CT voxels, grains in px"},
-        "layout": "particle_NNNNNN/{particle.json, particle.csv, grains.csv, labels.tif, ...}",
+        "layout": (
+            "library.zarr/blocks/NNNNNN/ (64 particles per block, stereograin.library_store)" if config.layout == "zarr"
+            else "particle_NNNNNN/{particle.json, particle.csv, grains.csv, labels.tif, ...}"
+        ),
     }
     if (out / MANIFEST).exists():
         _check_resume(out, manifest)
-    elif any(p.name.startswith("particle_") for p in out.iterdir()):
-        raise StereograinError(f"{out} holds particle folders but no {MANIFEST}; choose an empty folder")
+    elif any(p.name.startswith("particle_") or p.name == "library.zarr" for p in out.iterdir()):
+        raise StereograinError(f"{out} holds particles but no {MANIFEST}; choose an empty folder")
     write_json(out / MANIFEST, {**manifest, "finished": None})
 
-    for stale in out.glob(".particle_*.tmp"):  # left by a killed run; particles are remade whole
-        shutil.rmtree(stale, ignore_errors=True)
-    done = _finished(out, n)
-    todo = [i for i in range(n) if i not in done]
+    if config.layout == "zarr":
+        from .library_store import BLOCK, block_range, create_store, finished_blocks, read_rows
+
+        create_store(out, {"manifest": "../manifest.json"})
+        done_tasks = finished_blocks(out, n)
+        todo = [b for b in range(-(-n // BLOCK)) if b not in done_tasks]
+        n_done = sum(len(block_range(b, n)) for b in done_tasks)
+    else:
+        for stale in out.glob(".particle_*.tmp"):  # left by a killed run; particles are remade whole
+            shutil.rmtree(stale, ignore_errors=True)
+        done_tasks = _finished(out, n)
+        todo = [i for i in range(n) if i not in done_tasks]
+        n_done = len(done_tasks)
     rows: dict[int, np.ndarray] = {}
     t0 = time.perf_counter()
     nw = _default_workers() if workers is None else int(workers)
     nw = max(1, min(nw, len(todo)))
-    runner = _run_dask(out, todo, config, scheduler) if scheduler else _run_local(out, todo, config, nw)
-    with tqdm(total=n, initial=len(done), desc="particles", unit="particle", disable=not progress, smoothing=0.1) as bar:
-        for row in runner:
-            rows[int(row[0])] = row
-            bar.update(1)
+    runner = _run_dask(out, todo, config, n, scheduler) if scheduler else _run_local(out, todo, config, n, nw)
+    made = 0
+    with tqdm(total=n, initial=n_done, desc="particles", unit="particle", disable=not progress, smoothing=0.1) as bar:
+        for block_rows in runner:
+            for row in block_rows:
+                rows[int(row[0])] = row
+            made += len(block_rows)
+            bar.update(len(block_rows))
     seconds = time.perf_counter() - t0
-    for i in sorted(done):
-        rows[i] = read_table(particle_folder(out, i) / "particle.csv")[1][0]
+    for t in sorted(done_tasks):
+        old_rows = read_rows(out, t) if config.layout == "zarr" else read_table(particle_folder(out, t) / "particle.csv")[1]
+        for row in old_rows:
+            rows[int(row[0])] = row
     table = np.array([rows[i] for i in sorted(rows)])
     write_table(out / "particles.csv", list(PARTICLE_COLUMNS), table)
     manifest["finished"] = len(rows)
     write_json(out / MANIFEST, manifest)
     if preview:
         _preview(out, min(preview, n), config)
-    return {**manifest, "made": len(todo), "seconds": seconds}
+    return {**manifest, "made": made, "seconds": seconds}
+
+
+def finished_particles(out: str | Path) -> list[int]:
+    """Indices of the finished particles of a library in either layout, increasing."""
+    from .library_store import STORE, block_range, finished_blocks
+
+    out = Path(out)
+    if not (out / MANIFEST).is_file():
+        raise StereograinError(f"{out} has no {MANIFEST}; it is not a library made by `stereograin generate`")
+    manifest = read_json(out / MANIFEST, "library manifest")
+    n = manifest.get("n_particles") if isinstance(manifest, dict) else None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise StereograinError(f"{out / MANIFEST} has no valid n_particles; is it a stereograin library manifest?")
+    if (out / STORE).is_dir():
+        return sorted(i for b in finished_blocks(out, n) for i in block_range(b, n))
+    return sorted(_finished(out, n))
+
+
+def read_library_particle(out: str | Path, index: int) -> Any:
+    """Particle ``index`` of a library in either layout (a :class:`~stereograin.particle.Particle`)."""
+    from .library_store import STORE, read_particle
+    from .particle import Particle
+
+    if (Path(out) / STORE).is_dir():
+        return read_particle(out, index)
+    folder = particle_folder(out, index)
+    if not folder.is_dir():
+        raise StereograinError(f"library {out} has no particle {index} ({folder.name}); is it finished?")
+    return Particle.load(folder)
 
 
 def _preview(out: Path, k: int, config: LibraryConfig) -> None:
     """``preview.png``: the first ``k`` particles rendered (cut open), voxelised at >= 0.1 um."""
-    from .particle import Particle
     from .render import contact_sheet
 
     v = max(config.voxel_size_um, 0.1)
-    vols = [Particle.load(particle_folder(out, i)).label_volume(v)[0] for i in range(k)]
+    vols = [read_library_particle(out, i).label_volume(v)[0] for i in range(k)]
     contact_sheet(vols, v, out / "preview.png", titles=[f"particle {i}" for i in range(k)])

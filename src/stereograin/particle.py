@@ -410,7 +410,7 @@ class Particle:
             "shell": {"L": sphere.degree_of(self.coefficients.size), "coefficients": self.coefficients},
             "n_grains": int(self.n_grains),
             "grains": g,
-            "centres_px": _rounded(self.centres_px),
+            "centres_px": self.centres_px,
             "volumes_px3": self.volumes_px3,
             "box_px": self.box_px,
             "com_spacing_px": float(self.com_spacing_px),
@@ -567,7 +567,7 @@ def assemble(
         ct_voxel_nm=float(ct_voxel_nm),
         grains=_subset(arch, order),
         n_grains=int(kept.size),
-        centres_px=centres[inside],
+        centres_px=_rounded(centres[inside]),  # as particle.json stores them: a loaded particle is this one
         volumes_px3=counts[kept + 1] * h**3,
         box_px=pbox,
         com_spacing_px=h,

@@ -211,22 +211,13 @@ def check_library_models(
         )
 
 
-def _particle_folders(library: Path) -> list[Path]:
-    folders = sorted(
-        p for p in library.glob("particle_*") if p.is_dir() and p.name[len("particle_"):].isdigit()
-    )
-    if not folders:
-        raise StereograinError(f"library {library} holds no particle_NNNNNN folder; run `stereograin generate` first")
-    return folders
-
-
 def read_library_particles(library: str | Path, progress: bool = True, limit: int | None = None) -> list[Any]:
     """The finished particles of a library, in index order (all, or ``limit`` spread evenly).
 
     Parameters
     ----------
     library : path
-        Library folder (``particle_NNNNNN/particle.json``).
+        Library folder, either layout (:mod:`stereograin.library`).
     progress : bool
         Show a progress bar.
     limit : int, optional
@@ -240,16 +231,17 @@ def read_library_particles(library: str | Path, progress: bool = True, limit: in
     """
     from tqdm.auto import tqdm
 
-    from .particle import Particle
+    from .library import finished_particles, read_library_particle
 
-    folders = _particle_folders(Path(library))
-    if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 2:
-            raise StereograinError(f"the number of library particles read must be an integer >= 2, got {limit!r}")
-        if len(folders) > limit:
-            folders = [folders[i] for i in np.unique(np.linspace(0, len(folders) - 1, int(limit)).round().astype(int))]
-    with tqdm(folders, desc="reading particles", unit="particle", disable=not progress or len(folders) < 2) as bar:
-        return [Particle.load(f) for f in bar]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 2):
+        raise StereograinError(f"the number of library particles read must be an integer >= 2, got {limit!r}")
+    index = finished_particles(library)
+    if not index:
+        raise StereograinError(f"library {library} holds no finished particle; run `stereograin generate` first")
+    if limit is not None and len(index) > limit:
+        index = [index[i] for i in np.unique(np.linspace(0, len(index) - 1, int(limit)).round().astype(int))]
+    with tqdm(index, desc="reading particles", unit="particle", disable=not progress or len(index) < 2) as bar:
+        return [read_library_particle(library, i) for i in bar]
 
 
 def particle_grain_statistics(particle: Any, spacing_px: float = 1.0, min_voxels: int = 8) -> dict[str, np.ndarray]:
