@@ -149,7 +149,7 @@ def test_voxel_formats_are_written_and_read_back(tmp_path, models):
     import zarr
 
     lib = tmp_path / "lib"
-    _make(lib, 1, models, workers=1, formats="zarr,vtk,msh,vtp", voxel_size_um=0.2, preview=1)
+    _make(lib, 1, models, workers=1, formats="zarr,vtk,msh,vtp,tet-vtu", voxel_size_um=0.2, preview=1)
     p = particle_folder(lib, 0)
     labels = tifffile.imread(p / "labels.tif")
     assert labels.dtype == np.uint32 and labels.max() > 5
@@ -159,6 +159,9 @@ def test_voxel_formats_are_written_and_read_back(tmp_path, models):
     mesh = meshio.read(p / "mesh.msh")
     assert sum(len(c.data) for c in mesh.cells) == np.count_nonzero(labels)
     assert pyvista.read(p / "grains.vtp").n_cells > 0
+    tets = meshio.read(p / "tets.vtu")
+    assert tets.cells[0].type == "tetra" and len(tets.cells[0].data) == 6 * np.count_nonzero(labels)
+    np.testing.assert_array_equal(np.unique(tets.cell_data["grain"][0]), np.unique(labels[labels > 0]))
     cols, data = read_table(p / "particle.csv")
     d = dict(zip(cols, data[0]))
     assert d["grain_count"] == len(np.unique(labels)) - 1

@@ -184,7 +184,7 @@ def generate(
     shell_model: Annotated[str, typer.Option(help="Shell model .json, or 'paper' (built-in, Table 1).")] = "paper",
     grain_model: Annotated[str, typer.Option(help="Grain model folder from `grains fit`, or 'default' (built-in).")] = "default",
     voxel_size: Annotated[str, typer.Option(help="Voxel edge of label volumes and meshes, e.g. 0.05um or 50nm.")] = "0.05um",
-    fmt: Annotated[str, typer.Option("--format", help="Comma-separated outputs besides labels.tif: zarr, h5, vtk (.vti), vtp, stl, ply (grain surfaces), msh, inp, vtu (hexahedral FEM meshes); or 'analytic' (parameters only, no voxels).")] = "tif",
+    fmt: Annotated[str, typer.Option("--format", help="Comma-separated outputs besides labels.tif: zarr, h5, vtk (.vti), vtp, stl, ply (grain surfaces), msh, inp, vtu (hexahedral FEM meshes), tet-msh, tet-inp, tet-vtu (conforming tetrahedral FEM meshes, smoothed grain boundaries); or 'analytic' (parameters only, no voxels).")] = "tif",
     workers: Annotated[int | None, typer.Option(help="Local worker processes (default: all cores, at most one per 1.5 GB of free memory).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Address of a running dask.distributed scheduler, e.g. tcp://host:8786 (OUT must be on a shared file system).")] = None,
     preview: Annotated[int, typer.Option(help="Render the first N particles, cut open, into preview.png (0: none).")] = 4,

@@ -379,21 +379,37 @@ def hex_mesh(
     v = _check_voxel_size(voxel_size_um)
     origin = _check_origin(origin_um)
     _nonempty(arr, "mesh")
+    points, corners, grain, _ = voxel_corners(arr, v, origin)
+    return points, corners[:, [0, 1, 3, 2, 4, 5, 7, 6]], grain
+
+
+def voxel_corners(arr: np.ndarray, v: float, origin: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The shared corner nodes of a label volume's nonzero voxels (checked input).
+
+    Returns
+    -------
+    points : (n_nodes, 3) float64
+        Corner coordinates ``(x, y, z)`` in micrometres.
+    corners : (n_voxels, 8) int64
+        Node of corner ``c = dx + 2 dy + 4 dz`` of each voxel; voxels sorted
+        by grain, in C order within a grain.
+    grain : (n_voxels,) label of each voxel.
+    corner_index : (n_nodes, 3) int64
+        ``(k, j, i)`` of each node on the ``(Z+1, Y+1, X+1)`` corner grid
+        (corner ``(k, j, i)`` is the low corner of voxel ``(k, j, i)``).
+    """
     nz, ny, nx = arr.shape
     flat = arr.ravel()
     vox = np.flatnonzero(flat)
     vox = vox[np.argsort(flat[vox], kind="stable")]  # grouped by grain
     k, j, i = np.unravel_index(vox, arr.shape)
-    # corner grid has shape (nz+1, ny+1, nx+1); corner (k, j, i) is the low corner of voxel (k, j, i)
     sz, sy = (ny + 1) * (nx + 1), nx + 1
-    base = k * sz + j * sy + i
-    offsets = np.array([0, 1, 1 + sy, sy, sz, sz + 1, sz + 1 + sy, sz + sy], dtype=np.int64)
-    corners = base[:, None] + offsets[None, :]
-    used, cells = np.unique(corners, return_inverse=True)
-    cells = cells.reshape(-1, 8).astype(np.int64)
+    c = np.arange(8)
+    offsets = (c & 1) + ((c >> 1) & 1) * sy + ((c >> 2) & 1) * sz
+    used, corners = np.unique((k * sz + j * sy + i)[:, None] + offsets[None, :], return_inverse=True)
     ck, cj, ci = np.unravel_index(used, (nz + 1, ny + 1, nx + 1))
     points = origin[None, :] + v * (np.stack([ci, cj, ck], axis=1).astype(np.float64) - 0.5)
-    return points, cells, flat[vox]
+    return points, corners.reshape(-1, 8).astype(np.int64), flat[vox], np.stack([ck, cj, ci], axis=1)
 
 
 def write_hex_mesh(
@@ -427,11 +443,38 @@ def write_hex_mesh(
         For an unknown suffix, an output that is an existing folder, bad
         input, labels that are all 0, or a failed write (no file is left behind).
     """
+    path, _ = _check_output(path, tuple(HEX_MESH_SUFFIXES), "hexahedral mesh")
+    points, cells, grain = hex_mesh(labels, voxel_size_um, origin_um)
+    _write_fe_mesh(path, points, cells, "hexahedron", grain)
+
+
+def _write_fe_mesh(path: Path, points: np.ndarray, cells: np.ndarray, cell_type: str, grain: np.ndarray) -> None:
+    """Write a single-cell-type volume mesh with grain tags through meshio, atomically.
+
+    Shared by :func:`write_hex_mesh` and :func:`stereograin.tetmesh.write_tet_mesh`.
+
+    Parameters
+    ----------
+    path : Path
+        The output, already checked by :func:`_check_output` against
+        :data:`HEX_MESH_SUFFIXES` (its suffix picks the format).
+    points : (n_nodes, 3) float64
+        Node coordinates ``(x, y, z)`` in micrometres.
+    cells : (n_cells, k) int64
+        Node indices of each cell, sorted by grain.
+    cell_type : str
+        meshio cell type, e.g. ``"hexahedron"`` or ``"tetra"``.
+    grain : (n_cells,) uint32
+        Grain label of each cell (non-decreasing).
+
+    Raises
+    ------
+    StereograinError
+        For a failed write (no file is left behind).
+    """
     import meshio
 
-    path, suffix = _check_output(path, tuple(HEX_MESH_SUFFIXES), "hexahedral mesh")
-    points, cells, grain = hex_mesh(labels, voxel_size_um, origin_um)
-    fmt = HEX_MESH_SUFFIXES[suffix]
+    fmt = HEX_MESH_SUFFIXES[path.suffix.lower()]
     present, starts = np.unique(grain, return_index=True)  # cells are sorted by grain
     names = [f"GRAIN_{g}" for g in present.tolist()]
     tags = grain.astype(np.int32)
@@ -439,13 +482,13 @@ def write_hex_mesh(
     if fmt == "gmsh22":
         cell_data = {"gmsh:physical": [tags], "gmsh:geometrical": [tags]}
         field_data = {n: np.array([g, 3]) for n, g in zip(names, present.tolist())}
-        mesh = meshio.Mesh(points, [("hexahedron", cells)], cell_data=cell_data, field_data=field_data)
+        mesh = meshio.Mesh(points, [(cell_type, cells)], cell_data=cell_data, field_data=field_data)
         kwargs["binary"] = True
     elif fmt == "abaqus":
         ranges = np.split(np.arange(len(grain)), starts[1:])
-        mesh = meshio.Mesh(points, [("hexahedron", cells)], cell_sets={n: [r] for n, r in zip(names, ranges)})
+        mesh = meshio.Mesh(points, [(cell_type, cells)], cell_sets={n: [r] for n, r in zip(names, ranges)})
     else:
-        mesh = meshio.Mesh(points, [("hexahedron", cells)], cell_data={"grain": [tags]})
+        mesh = meshio.Mesh(points, [(cell_type, cells)], cell_data={"grain": [tags]})
     try:
         with _atomic_suffixed(path) as tmp:
             meshio.write(tmp, mesh, file_format=fmt, **kwargs)

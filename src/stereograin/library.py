@@ -17,7 +17,8 @@ Layout of ``OUT``::
         particle.csv         one row: the particle's summary (the row of particles.csv)
         grains.csv           one row per grain
         labels.tif           the label volume (uint32, 0 = outside), unless --format analytic
-        ...                  whatever --format adds (labels.zarr/.h5/.vti, grains.vtp/.stl/.ply, mesh.msh/.inp/.vtu)
+        ...                  whatever --format adds (labels.zarr/.h5/.vti, grains.vtp/.stl/.ply, mesh.msh/.inp/.vtu,
+                             tets.msh/.inp/.vtu)
     particles.csv            all finished particles' rows, written at the end of a run
     preview.png              renderings of the first particles (optional)
 
@@ -84,6 +85,9 @@ FORMATS: dict[str, str | None] = {
     "msh": "mesh.msh",
     "inp": "mesh.inp",
     "vtu": "mesh.vtu",
+    "tet-msh": "tets.msh",
+    "tet-inp": "tets.inp",
+    "tet-vtu": "tets.vtu",
 }
 _ALIASES = {"tiff": "tif", "hdf5": "h5", "vtk": "vti", "gmsh": "msh", "abaqus": "inp"}
 
@@ -261,6 +265,7 @@ def make_library_particle(out: str | Path, index: int, config: LibraryConfig) ->
     """
     from .export import write_hex_mesh, write_surface_mesh, write_volume
     from .particle import make_particle
+    from .tetmesh import write_tet_mesh
 
     out = Path(out)
     final = particle_folder(out, index)
@@ -285,6 +290,8 @@ def make_library_particle(out: str | Path, index: int, config: LibraryConfig) ->
                     write_volume(tmp / name, labels, v, origin)
                 elif name.startswith("grains."):
                     write_surface_mesh(tmp / name, labels, v, origin)
+                elif name.startswith("tets."):
+                    write_tet_mesh(tmp / name, labels, v, origin)
                 else:
                     write_hex_mesh(tmp / name, labels, v, origin)
         row, (cols, data) = _summary_row(index, particle, labels, origin, config)
@@ -357,6 +364,8 @@ def _check_resume(out: Path, manifest: dict[str, Any]) -> None:
     old = read_json(out / MANIFEST, "library manifest")
     if not isinstance(old, dict) or old.get("format") != LIBRARY_FORMAT:
         raise StereograinError(f"{out} holds a {MANIFEST} that is not a stereograin library's; choose another folder")
+    if isinstance(old.get("config"), dict):
+        old["config"] = {"layout": "folders", **old["config"]}  # libraries made before layouts existed
     for key, what in (("config", "settings"), ("model_sha256", "models")):
         if old.get(key) != manifest[key]:
             raise StereograinError(
