@@ -234,3 +234,20 @@ def test_bad_input_gives_one_line_errors(tiny, tmp_path):
         Particle.load(tmp_path / "x.json")
     with pytest.raises(StereograinError, match="spacing must be positive"):
         assemble(_shell(15.0), CT_NM, _architecture(), 30.0, com_spacing_px=0.0)
+
+
+def test_padding_grows_half_a_spacing_per_doubling_of_the_grains():
+    from stereograin.particle import PAD_SPACINGS, padding_spacings
+
+    mu = 1e-3
+    r4000 = (4000 / mu / (4 / 3 * np.pi)) ** (1 / 3)  # px: a ball of 4,000 grains
+
+    def coefs(r_px):
+        a = np.zeros(16)
+        a[0] = r_px * np.sqrt(4 * np.pi)  # in "CT voxels" of scale 1
+        return a
+
+    assert padding_spacings(coefs(r4000 / 2), 1.0, mu) == PAD_SPACINGS
+    assert padding_spacings(coefs(r4000), 1.0, mu) == pytest.approx(PAD_SPACINGS)
+    assert padding_spacings(coefs(r4000 * 2 ** (1 / 3) * 2), 1.0, mu) == pytest.approx(PAD_SPACINGS + 2.0)  # 16x the grains
+    assert padding_spacings(coefs(r4000 / 2.56), 2.56, mu) == pytest.approx(PAD_SPACINGS)  # CT voxels to px
