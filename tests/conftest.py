@@ -11,6 +11,13 @@ import scipy.ndimage as ndi
 from stereograin.errors import StereograinError
 
 
+def ball(radius: float, n: int) -> np.ndarray:
+    """Boolean (n, n, n) voxelised ball of ``radius`` voxels about the cube's centre."""
+    z, y, x = np.ogrid[:n, :n, :n]
+    c = (n - 1) / 2
+    return ((x - c) ** 2 + (y - c) ** 2 + (z - c) ** 2) <= radius**2
+
+
 def ball_masks(
     shape: tuple[int, int, int],
     centres: Sequence[Sequence[float]] | np.ndarray,

@@ -21,22 +21,17 @@ from stereograin.export import (
     write_volume,
 )
 from stereograin.io import read_table, read_volume
+from conftest import ball
 
 V = 0.25  # um per voxel
 ORIGIN = (1.5, -2.0, 10.0)  # um, centre of voxel [0, 0, 0] as (x, y, z)
-
-
-def _ball(radius: float, n: int) -> np.ndarray:
-    z, y, x = np.ogrid[:n, :n, :n]
-    c = (n - 1) / 2
-    return ((x - c) ** 2 + (y - c) ** 2 + (z - c) ** 2) <= radius**2
 
 
 @pytest.fixture(scope="module")
 def particle() -> np.ndarray:
     """A voxelised ball (R = 11, 26^3 voxels) cut into 4 grains by one axis-aligned and one oblique plane."""
     n = 26
-    inside = _ball(11.0, n)
+    inside = ball(11.0, n)
     z, y, x = np.indices((n, n, n))
     c = (n - 1) / 2
     grains = 1 + (x > c + 2).astype(np.uint32) + 2 * (y + 0.5 * z > 1.5 * c).astype(np.uint32)
@@ -280,8 +275,8 @@ def test_grain_table_volumes_centroids_areas(tmp_path, particle):
 
 def test_grain_table_ball_area_and_gaps():
     r = 15
-    ball = _ball(r, 2 * r + 3).astype(np.uint32) * 7  # one grain, label 7 (labels 1..6 absent)
-    _, data = grain_table(ball, 1.0)
+    blob = ball(r, 2 * r + 3).astype(np.uint32) * 7  # one grain, label 7 (labels 1..6 absent)
+    _, data = grain_table(blob, 1.0)
     assert data.shape == (1, 8) and data[0, 0] == 7
     assert data[0, 7] == pytest.approx(4 * np.pi * r**2, rel=0.05)
     assert data[0, 6] == 0
@@ -290,19 +285,19 @@ def test_grain_table_ball_area_and_gaps():
 
 def test_particle_summary(particle):
     r = 15
-    ball = _ball(r, 2 * r + 3).astype(np.uint32)
-    s = particle_summary(ball, 0.5)
-    assert s["volume_um3"] == pytest.approx(ball.sum() * 0.125)
+    blob = ball(r, 2 * r + 3).astype(np.uint32)
+    s = particle_summary(blob, 0.5)
+    assert s["volume_um3"] == pytest.approx(blob.sum() * 0.125)
     assert s["surface_area_um2"] == pytest.approx(4 * np.pi * (0.5 * r) ** 2, rel=0.05)
     assert abs(s["sphericity"] - 1) < 0.05
     assert s["grain_count"] == 1 and s["grain_boundary_area_per_volume_um_inv"] == 0
     assert s["mean_grain_diameter_um"] == pytest.approx(2 * 0.5 * r, rel=0.02)
     # the fast face-count estimate: the grain table's outer area, within 5% of the ball's
-    f = particle_summary(ball, 0.5, surface="faces")
-    assert f["surface_area_um2"] == pytest.approx(grain_table(ball, 0.5)[1][0, 7])
+    f = particle_summary(blob, 0.5, surface="faces")
+    assert f["surface_area_um2"] == pytest.approx(grain_table(blob, 0.5)[1][0, 7])
     assert abs(f["sphericity"] - 1) < 0.06 and f["volume_um3"] == s["volume_um3"]
     with pytest.raises(StereograinError, match="'mesh' or 'faces'"):
-        particle_summary(ball, 0.5, surface="marching")
+        particle_summary(blob, 0.5, surface="marching")
 
     s = particle_summary(particle, V)
     _, table = grain_table(particle, V)

@@ -10,16 +10,11 @@ import pytest
 from stereograin.errors import StereograinError
 from stereograin.export import hex_mesh
 from stereograin.tetmesh import tet_mesh, write_tet_mesh
+from conftest import ball
 
 V = 0.25  # um per voxel
 ORIGIN = (1.5, -2.0, 10.0)  # um, centre of voxel [0, 0, 0] as (x, y, z)
 _FACES = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]])
-
-
-def _ball(radius: float, n: int) -> np.ndarray:
-    z, y, x = np.ogrid[:n, :n, :n]
-    c = (n - 1) / 2
-    return ((x - c) ** 2 + (y - c) ** 2 + (z - c) ** 2) <= radius**2
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +22,7 @@ def particle() -> np.ndarray:
     """A voxelised ball (R = 7, 17^3 voxels) cut into 4 grains by an axis-aligned and an oblique plane,
     touching the volume's edge on one side, plus a grain (5) touching grain 1 only along a voxel edge."""
     n = 17
-    inside = _ball(7.0, n)
+    inside = ball(7.0, n)
     z, y, x = np.indices((n, n, n))
     c = (n - 1) / 2
     grains = 1 + (x > c + 1).astype(np.uint32) + 2 * (y + 0.5 * z > 1.5 * c).astype(np.uint32)
@@ -135,14 +130,14 @@ def test_smoothing_keeps_tets_valid_and_volumes(particle):
 
 def test_smoothing_brings_a_ball_towards_a_sphere():
     r = 8
-    ball = _ball(r, 2 * r + 3).astype(np.uint32) * 3
-    p0, tets, _ = tet_mesh(ball, 1.0, smoothing=0)
-    p, tets_s, _ = tet_mesh(ball, 1.0)
+    blob = ball(r, 2 * r + 3).astype(np.uint32) * 3
+    p0, tets, _ = tet_mesh(blob, 1.0, smoothing=0)
+    p, tets_s, _ = tet_mesh(blob, 1.0)
     sphere = 4 * np.pi * r**2
     staircase, smooth = _surface_area(p0, tets), _surface_area(p, tets_s)
     assert staircase > 1.4 * sphere
     assert smooth < 1.1 * sphere and smooth > 0.95 * sphere
-    assert _volumes(p, tets_s).sum() == pytest.approx(ball.astype(bool).sum(), rel=0.02)
+    assert _volumes(p, tets_s).sum() == pytest.approx(blob.astype(bool).sum(), rel=0.02)
 
 
 @pytest.mark.parametrize("suffix", [".msh", ".inp", ".vtu"])

@@ -33,6 +33,7 @@ must not write into one library at the same time. A dask cluster
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -276,8 +277,7 @@ def make_library_particle(out: str | Path, index: int, config: LibraryConfig) ->
         shell_model, grain_model, particle_rng(config.seed, index), config.com_spacing_px,
         provenance={"library_seed": int(config.seed), "index": int(index), "stereograin_version": __version__},
     )
-    tmp = out / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
+    with built_folder(final, f"particle {index} into {out}") as tmp:
         tmp.mkdir()
         particle.save(tmp / "particle.json")
         labels = origin = None
@@ -297,19 +297,34 @@ def make_library_particle(out: str | Path, index: int, config: LibraryConfig) ->
         row, (cols, data) = _summary_row(index, particle, labels, origin, config)
         write_table(tmp / "grains.csv", cols, data)
         write_table(tmp / "particle.csv", list(PARTICLE_COLUMNS), row[None])
+    return row
+
+
+@contextlib.contextmanager
+def built_folder(final: Path, what: str) -> Iterator[Path]:
+    """Build folder ``final`` under a temporary name beside it, renamed into place when the block ends.
+
+    Yields the temporary path (not yet created). On any error the temporary
+    folder is removed, so ``final`` appears whole or not at all; an
+    ``OSError`` (a full disk, a read-only folder) becomes a one-line error
+    naming ``what``. If another worker renamed ``final`` into place first,
+    its copy is kept.
+    """
+    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        yield tmp
         try:
             os.replace(tmp, final)
         except OSError:
-            if not final.is_dir():  # another worker may have finished the same particle first
+            if not final.is_dir():  # another worker may have finished the same folder first
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise StereograinError(f"cannot write particle {index} into {out} ({exc.strerror or exc}); is the disk full or the folder read-only?") from None
+        raise StereograinError(f"cannot write {what} ({exc.strerror or exc}); is the disk full or the folder read-only?") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return row
 
 
 # ------------------------------------------------------------------ the library

@@ -34,9 +34,7 @@ bit the assembled one) and :func:`read_labels`.
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +90,7 @@ def make_block(out: str | Path, block: int, n: int, config: Any) -> np.ndarray:
     """
     import zarr
 
-    from .library import PARTICLE_COLUMNS, _models, _summary_row, particle_rng
+    from .library import PARTICLE_COLUMNS, _models, _summary_row, built_folder, particle_rng
     from .particle import make_particle
 
     from . import __version__
@@ -102,10 +100,9 @@ def make_block(out: str | Path, block: int, n: int, config: Any) -> np.ndarray:
     if final.is_dir():
         return read_rows(out, block)
     shell_model, grain_model = _models(out / "models")
-    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
     rows, ps, tables, shapes, origins = [], [], [], [], []
     cols: list[str] = []
-    try:
+    with built_folder(final, f"block {block} into {out / STORE}") as tmp:
         g = zarr.open_group(str(tmp), mode="w")
         # label volumes are appended as they come: a block of 10 um particles at 50 nm is 4 GB
         labels = g.create_array("labels", shape=(0,), chunks=(_LABEL_CHUNK,), dtype=np.uint32) if config.voxelised else None
@@ -153,18 +150,6 @@ def make_block(out: str | Path, block: int, n: int, config: Any) -> np.ndarray:
             "library_seed": int(config.seed), "stereograin_version": __version__,
             "voxel_size_um": float(config.voxel_size_um) if labels is not None else None,
         })
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not final.is_dir():  # another run may have finished the same block first
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise StereograinError(f"cannot write block {block} into {out / STORE} ({exc.strerror or exc}); is the disk full or the folder read-only?") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return np.array(rows)
 
 
