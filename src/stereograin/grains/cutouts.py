@@ -531,8 +531,12 @@ def rotated_cutout_points(p: np.ndarray, rotations: np.ndarray) -> np.ndarray:
     R = np.asarray(rotations, dtype=np.float64)
     if R.shape != (len(p), 3, 3):
         raise StereograinError(f"need one (3, 3) rotation per offset, got {R.shape} for {len(p)} offsets")
-    flat = np.stack([cutout_points_3d(pj) for pj in p])  # (m, P, 3)
-    return np.einsum("mij,mpj->mpi", R, flat)
+    # Eq. 16's cutouts of every offset at once: (x + p_j, y - 16.5, 0), x-major as cutout_grid
+    a = np.arange(1, CUTOUT + 1, dtype=np.float64)
+    flat = np.zeros((len(p), CUTOUT, CUTOUT, 3))
+    flat[..., 0] = (a[None, :] + p[:, None])[:, :, None]
+    flat[..., 1] = (a - (CUTOUT + 1) / 2.0)[None, None, :]
+    return np.einsum("mij,mpj->mpi", R, flat.reshape(len(p), CUTOUT * CUTOUT, 3))
 
 
 def _batch_images(

@@ -71,6 +71,7 @@ from .. import __version__
 from ..errors import StereograinError
 from ..fit2d import FittedSection
 from ..io import atomic_path, read_json, write_table
+from ..tessellation import frame_metrics
 from .candidates import exact_candidates
 from .cutouts import cutout_grid, label_cutouts, onehot_cutouts, rotated_cutout_points, soft_cutouts
 from .discriminator import Discriminator
@@ -256,7 +257,7 @@ def _realisation(net: MarkerNet, cfg: TrainConfig, mu: float, m: int, rng: np.ra
     with torch.inference_mode():
         D, r = net.markers(feats)
     D64 = D.double().numpy()
-    M = np.einsum("nki,nk,nkj->nij", Q, D64, Q)
+    M = frame_metrics(Q, D64)
     p = cfg.p_max * (1.0 - rng.random(m))
     pts = rotated_cutout_points(p, _random_rotations(m, rng))
     return _Realisation(seeds.positions, feats, Q, M, r.double().numpy(), pts)
