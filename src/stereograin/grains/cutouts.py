@@ -122,8 +122,8 @@ def _label_cutouts(points, seeds, M, r, lam, start, end, out):  # pragma: no cov
     for every point ``x`` of the cutout; ``U`` = the largest best cost over the
     points among the seeds near ``c`` bounds every point's true best cost from
     above, so a seed whose lower bound exceeds ``U`` wins no point. The rest are
-    evaluated in increasing index order with a strict ``<``: ties go to the
-    lower index, as in :meth:`GBPD.label_points_bruteforce`.
+    evaluated in increasing lower bound until the bound exceeds the point's best
+    cost; ties go to the lower index, as in :meth:`GBPD.label_points_bruteforce`.
     """
     B, P, d = points.shape
     for b in numba.prange(B):
@@ -167,19 +167,29 @@ def _label_cutouts(points, seeds, M, r, lam, start, end, out):  # pragma: no cov
                 best = min(best, _cost(points[b, p], seeds, M, r, near[jj]))
             U = max(U, best)
         pool = np.empty(n, np.int64)
+        low = np.empty(n)
         m = 0
         for j in range(n):
-            if math.sqrt(lam[s0 + j]) * max(dist[j] - rho, 0.0) - r[s0 + j] <= U + 1e-9 * (abs(U) + 1.0):
+            lb = math.sqrt(lam[s0 + j]) * max(dist[j] - rho, 0.0) - r[s0 + j]
+            if lb <= U + 1e-9 * (abs(U) + 1.0):
                 pool[m] = s0 + j
+                low[m] = lb
                 m += 1
+        # candidates in increasing lower bound: a point stops at the first one whose bound
+        # exceeds its best cost (it, and every later one, costs more everywhere in the cutout)
+        order = np.argsort(low[:m])
         for p in range(P):
             best = np.inf
             arg = -1
-            for jj in range(m):
-                cst = _cost(points[b, p], seeds, M, r, pool[jj])
-                if cst < best:
+            for u in range(m):
+                jj = order[u]
+                if low[jj] > best + 1e-9 * (abs(best) + 1.0):  # slack: lam's rounding
+                    break
+                j = pool[jj]
+                cst = _cost(points[b, p], seeds, M, r, j)
+                if cst < best or (cst == best and j < arg):
                     best = cst
-                    arg = pool[jj]
+                    arg = j
             out[b, p] = arg
 
 
