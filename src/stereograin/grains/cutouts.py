@@ -69,26 +69,30 @@ class CutoutBatch(NamedTuple):
     visible: torch.Tensor
 
 
-def cutout_grid(p: float, beta: float = 0.0) -> np.ndarray:
-    """Grid points of a 2D cutout (Eq. 14): ``R_beta (x + p, y - 16.5)``, ``x, y = 1..32``.
+def cutout_grid(p: float | np.ndarray, beta: float | np.ndarray = 0.0) -> np.ndarray:
+    """Grid points of 2D cutouts (Eq. 14): ``R_beta (x + p, y - 16.5)``, ``x, y = 1..32``.
 
     Parameters
     ----------
-    p : float
-        Radial offset in px.
-    beta : float
-        Rotation angle in radians.
+    p : float or (m,) array
+        Radial offset(s) in px.
+    beta : float or (m,) array
+        Rotation angle(s) in radians.
 
     Returns
     -------
-    (1024, 2) float64
+    (1024, 2) float64, or (m, 1024, 2) for arrays
         Row ``(x - 1) * 32 + (y - 1)`` is the point of ``(x, y)`` (px, relative
         to the particle centre).
     """
+    single = np.ndim(p) == 0 and np.ndim(beta) == 0
+    pp, bb = np.broadcast_arrays(np.atleast_1d(np.asarray(p, dtype=np.float64)), np.atleast_1d(np.asarray(beta, dtype=np.float64)))
     a = np.arange(1, CUTOUT + 1, dtype=np.float64)
-    x, y = np.meshgrid(a + float(p), a - (CUTOUT + 1) / 2.0, indexing="ij")
-    c, s = math.cos(beta), math.sin(beta)
-    return np.stack([c * x - s * y, s * x + c * y], axis=-1).reshape(-1, 2)
+    x = (a[None, :] + pp[:, None])[:, :, None]  # (m, 32, 1): x-major
+    y = (a - (CUTOUT + 1) / 2.0)[None, None, :]  # (1, 1, 32)
+    c, s = np.cos(bb)[:, None, None], np.sin(bb)[:, None, None]
+    out = np.stack([c * x - s * y, s * x + c * y], axis=-1).reshape(len(pp), -1, 2)
+    return out[0] if single else out
 
 
 def cutout_points_3d(p: float) -> np.ndarray:
@@ -194,7 +198,7 @@ def _label_cutouts(points, seeds, M, r, lam, start, end, out):  # pragma: no cov
 
 
 def label_cutouts(points: np.ndarray, seeds: np.ndarray, M: np.ndarray, r: np.ndarray, start: np.ndarray,
-                  end: np.ndarray) -> np.ndarray:
+                  end: np.ndarray, lam: np.ndarray | None = None) -> np.ndarray:
     """Exact labels of ``B`` cutouts, each of its own diagram, in one compiled call.
 
     Parameters
@@ -204,6 +208,9 @@ def label_cutouts(points: np.ndarray, seeds: np.ndarray, M: np.ndarray, r: np.nd
     seeds, M, r : (N, d), (N, d, d), (N,) float64
         The diagrams' cells, concatenated; cutout ``b`` uses cells ``start[b]:end[b]``.
     start, end : (B,) int64
+    lam : (N,) float64, optional
+        Smallest eigenvalue of each ``M`` (a restricted metric's smallest
+        ``D`` entry); computed when not given. Only the pruning uses it.
 
     Returns
     -------
@@ -214,7 +221,7 @@ def label_cutouts(points: np.ndarray, seeds: np.ndarray, M: np.ndarray, r: np.nd
     st, en = np.asarray(start, np.int64), np.asarray(end, np.int64)
     if pts.ndim != 3 or np.any(en <= st) or len(st) != len(pts):
         raise StereograinError("label_cutouts needs points (B, P, d) and a non-empty cell range per cutout")
-    lam = np.linalg.eigvalsh(M)[:, 0]
+    lam = np.linalg.eigvalsh(M)[:, 0] if lam is None else np.ascontiguousarray(lam, dtype=np.float64)
     out = np.empty(pts.shape[:2], np.int64)
     _label_cutouts(pts, np.ascontiguousarray(seeds, dtype=np.float64), np.ascontiguousarray(M, dtype=np.float64),
                    np.ascontiguousarray(r, dtype=np.float64), lam, st, en, out)

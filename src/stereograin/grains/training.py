@@ -324,8 +324,8 @@ def _real_onehot(table: _SectionTable, cfg: TrainConfig, batch: int, rng: np.ran
     M = D[:, 0, None, None] * u[:, :, None] * u[:, None, :] + D[:, 1, None, None] * v[:, :, None] * v[:, None, :]
     counts = table.end[pick] - table.start[pick]
     end = np.cumsum(counts)
-    pts = np.stack([cutout_grid(pb, bb) for pb, bb in zip(p, beta)])
-    return onehot_cutouts(label_cutouts(pts, table.seeds[idx], M, r, end - counts, end), cfg.keep)
+    pts = cutout_grid(p, beta)
+    return onehot_cutouts(label_cutouts(pts, table.seeds[idx], M, r, end - counts, end, lam=D.min(axis=1)), cfg.keep)
 
 
 def _fake_soft(net: MarkerNet, cfg: TrainConfig, mu: float, batch: int, rng: np.random.Generator):
