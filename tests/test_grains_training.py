@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from stereograin.errors import StereograinError
-from stereograin.grains.cutouts import label_cutouts, onehot_cutouts, rotated_cutout_points
+from stereograin.grains.cutouts import cutout_grid, label_cutouts, onehot_cutouts, rotated_cutout_points
 from stereograin.grains.model import GrainArchitecture, GrainModel
 from stereograin.grains.training import TrainConfig, _random_rotations, _SectionTable, train, usable_sections
 from stereograin.tessellation import GBPD, restricted_metrics
@@ -155,8 +155,21 @@ def test_label_cutouts_equals_brute_force(d: int) -> None:
         sl = slice(start[b], end[b])
         ref = GBPD(seeds[sl], M[sl], r[sl]).label_points_bruteforce(pts[b]) - 1 + start[b]
         np.testing.assert_array_equal(got[b], ref)
+    # the restricted metrics' smallest eigenvalue is the smallest D: the same labels
+    np.testing.assert_array_equal(label_cutouts(pts, seeds, M, r, start, end, lam=D.min(axis=1)), got)
     with pytest.raises(StereograinError):
         label_cutouts(pts, seeds, M, r, start, start)
+
+
+def test_cutout_grids_of_many_offsets_equal_one_at_a_time() -> None:
+    rng = np.random.default_rng(1)
+    p, beta = 80 * rng.random(7), rng.uniform(0, 2 * np.pi, 7)
+    many = cutout_grid(p, beta)
+    assert many.shape == (7, 1024, 2)
+    for j in range(7):
+        np.testing.assert_array_equal(many[j], cutout_grid(float(p[j]), float(beta[j])))
+    one = cutout_grid(2.0)
+    assert one.shape == (1024, 2) and one[0].tolist() == [3.0, -15.5] and one[1].tolist() == [3.0, -14.5]
 
 
 def test_section_table_metrics_are_the_restricted_ones(sections) -> None:
