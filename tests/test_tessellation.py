@@ -117,6 +117,21 @@ def test_label_grid_mask_labels_only_masked_blocks(block):
     assert empty.shape == shape and not empty.any()
 
 
+@pytest.mark.parametrize("n", [3, 12, 40])
+def test_few_large_cells_fill_whole_blocks_exactly(n):
+    # blocks with a single surviving cell are filled without descending; masks must still hold
+    rng = np.random.default_rng(n)
+    g = random_gbpd(rng, n, 3, 60.0, (0.3, 10.0))
+    shape = (40, 50, 61)
+    ref = g.label_points_bruteforce(grid_points(shape, -2.0, 1.1)).reshape(shape)
+    np.testing.assert_array_equal(g.label_grid(shape, -2.0, 1.1), ref)
+    mask = rng.random(tuple(-(-x // 4) for x in shape)) < 0.6
+    out = g.label_grid(shape, -2.0, 1.1, mask=mask, mask_block=4)
+    full = mask.repeat(4, 0).repeat(4, 1).repeat(4, 2)[: shape[0], : shape[1], : shape[2]]
+    np.testing.assert_array_equal(out[full], ref[full])
+    assert not out[~full].any()
+
+
 def test_label_grid_mask_bad_input():
     g = random_gbpd(np.random.default_rng(1), 20, 3, 10.0, (0.5, 2.0))
     for kw, msg in (

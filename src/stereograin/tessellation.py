@@ -667,6 +667,25 @@ def _box_count(sat, dv, ix, iy, iz, sxy, sz):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _box_full(sat, dv, ix, iy, iz, sxy, sz):  # pragma: no cover - compiled
+    """Whether every bucket of the block (as :func:`_box_count` clips it) is counted: a fully unmasked block."""
+    nz, ny, nx = sat.shape[0] - 1, sat.shape[1] - 1, sat.shape[2] - 1
+    x1, y1, z1 = min((ix + sxy + dv - 1) // dv, nx), min((iy + sxy + dv - 1) // dv, ny), min((iz + sz + dv - 1) // dv, nz)
+    return _box_count(sat, dv, ix, iy, iz, sxy, sz) == (x1 - ix // dv) * (y1 - iy // dv) * (z1 - iz // dv)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_block(slab, base, sj, sk, lx, ly, lz, label):  # pragma: no cover - compiled
+    """``slab[base + k sk + j sj + i] = label`` for the block's ``lx * ly * lz`` sites."""
+    lab = np.int32(label)
+    for k in range(lz):
+        for j in range(ly):
+            row = np.uint64(base + k * sk + j * sj)
+            for i in range(lx):
+                slab[row + np.uint64(i)] = lab
+
+
+@numba.njit(cache=True, nogil=True)
 def _site(o, A, tx, ty, tz):  # pragma: no cover - compiled
     cx = o[0] + tx * A[0, 0] + ty * A[1, 0] + tz * A[2, 0]
     cy = o[1] + tx * A[0, 1] + ty * A[1, 1] + tz * A[2, 1]
@@ -795,6 +814,12 @@ def _descend_worker(
                 n_par = cnt[lev]
                 is_leaf = lev + 1 == nl - 1
                 m = _block_keep(soa, lev, n_par, cx, cy, cz, hxy[lev + 1], hxy[lev + 1], hz[lev + 1], A, qc, lin, sl, hi, keep)
+                if m == 1 and not points_mode and (not use_sat or _box_full(sat, sdv, ix, iy, iz, cxy, czz)):
+                    # One survivor: it is strictly better than every dropped cell everywhere in the
+                    # block (engine notes), so it owns every site, ties included; no descent.
+                    _fill_block(slab, ((iz - tz0) * sy + (iy - ty0)) * sxp + ix, sxp, sy * sxp, min(cxy, sxp - ix), cxy, czz,
+                                ids[lev, keep[0]] + 1)
+                    continue
                 if is_leaf:
                     _lower(soa, lev, keep, m, cx, cy, cz, A, qc, pp, lin, sl, low, hi)
                     _sort_by(low, keep, m, order)
