@@ -460,10 +460,11 @@ def _near_shell(coefficients: np.ndarray, scale: float, points_px: np.ndarray, r
     evaluating the SH expansion.
     """
     x = np.asarray(points_px, dtype=np.float64).reshape(-1, 3)
-    rho = np.sqrt(np.einsum("ij,ij->i", x, x)) - reach_px
+    norm = np.sqrt(np.einsum("ij,ij->i", x, x))
+    rho = norm - reach_px
     lo, hi = (v * scale for v in shell_radius_range(coefficients))
-    out = rho <= lo
-    band = np.flatnonzero((rho > lo) & (rho <= hi))
+    out = (rho <= lo) | (norm == 0)  # the centre is inside (a star-shaped shell's radius is positive)
+    band = np.flatnonzero((rho > lo) & (rho <= hi) & (norm > 0))
     if band.size:
         out[band] = rho[band] <= shell_radius(coefficients, x[band]) * scale
     return out

@@ -222,7 +222,7 @@ def read_library_particles(library: str | Path, progress: bool = True, limit: in
         Show a progress bar.
     limit : int, optional
         Read at most this many: evenly spaced over the finished ones (a
-        particle file is about 1.5 MB, so a 100,000-particle library would
+        particle file is about 1 MB, so a 100,000-particle library would
         take hours to read whole).
 
     Returns
