@@ -264,19 +264,22 @@ def test_json_ready_writes_undefined_statistics_as_null(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text()) == {"ks": None, "n": 3, "w": [1.5, None], "ok": True, "a": [0.0, 1.0]}
 
 
-def test_table_round_trip_is_exact_with_non_finite_values_and_no_rows(tmp_path):
+def test_table_has_ten_significant_digits_non_finite_values_and_no_rows(tmp_path):
     from stereograin.errors import StereograinError
     from stereograin.io import read_table, write_table
 
     x = np.random.default_rng(0).normal(size=(50, 4)) * 10.0 ** np.arange(-3, 5, 2)
     x[3, 2], x[5, 1], x[5, 3] = np.nan, np.inf, -np.inf
     x[7] = [1, 2, 3, 1e-300]
+    x[8] = [0.17700000000000005, 4500.0, -0.0, 1.0000000001]
     write_table(tmp_path / "t.csv", ["a", "b", "c", "d"], x)
     cols, y = read_table(tmp_path / "t.csv")
     assert cols == ["a", "b", "c", "d"]
-    np.testing.assert_array_equal(y, x)  # bit for bit, NaN in place
+    ten = np.vectorize(lambda v: float("%.10g" % v))(x)  # what printf's %.10g keeps
+    np.testing.assert_array_equal(y, ten)  # NaN in place
     lines = (tmp_path / "t.csv").read_text().splitlines()
     assert lines[0] == "a,b,c,d" and lines[6].split(",")[1] == "inf" and lines[6].split(",")[3] == "-inf"
+    assert lines[9] == "0.177,4500,-0,1" and lines[8].startswith("1,2,3,")  # short, whole numbers bare
     write_table(tmp_path / "e.csv", ["a", "b"], np.zeros((0, 2)))
     assert (tmp_path / "e.csv").read_text() == "a,b\n" and read_table(tmp_path / "e.csv")[1].shape == (0, 2)
     with pytest.raises(StereograinError, match="column names"):
