@@ -255,6 +255,8 @@ def plane_points(
 # all cells that win anywhere in it (ties included: "<=" keeps them). Each
 # bound carries a slack of 1e-8 of its scale, far above rounding error; the
 # test lo_j - r_j <= U is done in squared form (no square root, _block_keep).
+# A block (at any level) with a single survivor is filled with it: every dropped cell has
+# lo_j - r_j > U >= that cell's value everywhere in the block, so it wins every site there.
 # At a leaf the candidates are evaluated in increasing lo_j; once lo_j - r_j
 # exceeds the largest current best value over the leaf (plus the float32 error
 # bound below), no later candidate can win. Nothing depends on a fixed candidate
