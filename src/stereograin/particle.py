@@ -141,16 +141,19 @@ def shell_radius_range(coefficients: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def inside_shell(coefficients: np.ndarray, points: np.ndarray) -> np.ndarray:
+def inside_shell(
+    coefficients: np.ndarray, points: np.ndarray, radius_range: tuple[float, float] | None = None
+) -> np.ndarray:
     """Whether ``points`` (n, 3, CT voxels about the shell centre) lie strictly inside the shell.
 
     Points closer than the radius's lower bound or farther than its upper
-    bound (:func:`shell_radius_range`) are decided without evaluating the SH
-    expansion; only the band between needs it.
+    bound (:func:`shell_radius_range`, or ``radius_range`` when the caller
+    has it) are decided without evaluating the SH expansion; only the band
+    between needs it.
     """
     x = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     rho = np.linalg.norm(x, axis=1)
-    lo, hi = shell_radius_range(coefficients)
+    lo, hi = shell_radius_range(coefficients) if radius_range is None else radius_range
     out = rho < lo
     band = np.flatnonzero((rho >= lo) & (rho < hi) & (rho > 0))
     if band.size:
@@ -452,17 +455,20 @@ class Particle:
         return cls.from_dict(read_json(p, "particle"), f"particle {p}")
 
 
-def _near_shell(coefficients: np.ndarray, scale: float, points_px: np.ndarray, reach_px: float) -> np.ndarray:
+def _near_shell(
+    coefficients: np.ndarray, scale: float, points_px: np.ndarray, reach_px: float, radius_range: tuple[float, float]
+) -> np.ndarray:
     """Whether ``|x| - reach <= r(x / |x|) scale`` at ``points_px`` (n, 3): within ``reach`` px, radially, of the shell's inside.
 
-    ``scale`` converts the shell's CT voxels to px. Points closer than the
-    radius's lower bound or farther than its upper bound are decided without
+    ``scale`` converts the shell's CT voxels to px; ``radius_range`` is
+    :func:`shell_radius_range` of the coefficients (CT voxels). Points closer
+    than its lower bound or farther than its upper bound are decided without
     evaluating the SH expansion.
     """
     x = np.asarray(points_px, dtype=np.float64).reshape(-1, 3)
     norm = np.sqrt(np.einsum("ij,ij->i", x, x))
     rho = norm - reach_px
-    lo, hi = (v * scale for v in shell_radius_range(coefficients))
+    lo, hi = (v * scale for v in radius_range)
     out = (rho <= lo) | (norm == 0)  # the centre is inside (a star-shaped shell's radius is positive)
     band = np.flatnonzero((rho > lo) & (rho <= hi) & (norm > 0))
     if band.size:
@@ -470,7 +476,10 @@ def _near_shell(coefficients: np.ndarray, scale: float, points_px: np.ndarray, r
     return out
 
 
-def _region_mask(coefficients: np.ndarray, scale: float, i0: np.ndarray, shape: np.ndarray, h: float, pad: float) -> np.ndarray:
+def _region_mask(
+    coefficients: np.ndarray, scale: float, i0: np.ndarray, shape: np.ndarray, h: float, pad: float,
+    radius_range: tuple[float, float],
+) -> np.ndarray:
     """The assembly region on the grid: blocks of ``_MASK_BLOCK`` steps whose centre is within ``pad`` plus the block's half-diagonal of the shell.
 
     ``i0`` and ``shape`` (x y z) place the grid (``h`` px steps); ``scale``
@@ -483,7 +492,7 @@ def _region_mask(coefficients: np.ndarray, scale: float, i0: np.ndarray, shape: 
     zz, yy, xx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
     c = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1)
     reach = pad + 0.5 * math.sqrt(3.0) * (b - 1) * h
-    return _near_shell(coefficients, scale, c, reach).reshape(nb[2], nb[1], nb[0])
+    return _near_shell(coefficients, scale, c, reach, radius_range).reshape(nb[2], nb[1], nb[0])
 
 
 def assemble(
@@ -548,14 +557,16 @@ def assemble(
     arch = architecture
     n = arch.n
     to_ct = arch.px_nm / ct_voxel_nm  # px -> CT voxels
+    radius_range = shell_radius_range(coefficients)  # once: the region mask and the inside test both use it
     grid: dict[str, Any] = {"origin": i0 * h, "spacing": h}
     if pad_px is not None:
-        grid.update(mask=_region_mask(coefficients, 1.0 / to_ct, i0, shape, h, float(pad_px)), mask_block=_MASK_BLOCK)
+        mask = _region_mask(coefficients, 1.0 / to_ct, i0, shape, h, float(pad_px), radius_range)
+        grid.update(mask=mask, mask_block=_MASK_BLOCK)
     lab = arch.gbpd().label_grid(tuple(int(v) for v in shape[::-1]), **grid)
     counts, mean, lo, hi, open_ = cell_moments(lab, n)
     present = np.flatnonzero(counts[1:] > 0)
     centres = h * (i0 + mean[1:][present])  # px, x y z
-    inside = inside_shell(coefficients, centres * to_ct)
+    inside = inside_shell(coefficients, centres * to_ct, radius_range)
     kept = present[inside]
     if kept.size == 0:
         raise StereograinError("no grain's centre of mass lies inside the shell; the shell is smaller than one grain")
@@ -633,14 +644,15 @@ def make_particle(
     ct_nm = float(shell_model.voxel_size_nm)
     scale = ct_nm / grain_model.px_nm  # CT voxels -> px
     extent = shell_extent(coefs) * scale
-    r_hi = shell_radius_range(coefs)[1] * scale
+    radius_range = shell_radius_range(coefs)
+    r_hi = radius_range[1] * scale
     pad = padding_spacings(coefs, scale, grain_model.mu) * grain_model.mu ** (-1.0 / 3.0)
     for g in grain_rngs:
         R = r_hi + pad
         box = np.clip(extent + np.array([-pad, pad]), -R, R)
 
         def region(x: np.ndarray, box=box, pad=pad) -> np.ndarray:
-            return np.all((x >= box[:, 0]) & (x <= box[:, 1]), axis=1) & _near_shell(coefs, scale, x, pad)
+            return np.all((x >= box[:, 0]) & (x <= box[:, 1]), axis=1) & _near_shell(coefs, scale, x, pad, radius_range)
 
         # Seeds are drawn in the ball of radius R plus the model's margin, so every seed
         # within R has its true neighbourhood and markers; only those within the padding
