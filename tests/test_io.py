@@ -279,6 +279,9 @@ def test_table_has_ten_significant_digits_non_finite_values_and_no_rows(tmp_path
     np.testing.assert_array_equal(y, ten)  # NaN in place
     lines = (tmp_path / "t.csv").read_text().splitlines()
     assert lines[0] == "a,b,c,d" and lines[6].split(",")[1] == "inf" and lines[6].split(",")[3] == "-inf"
+    assert lines[4].split(",")[2] == "nan" and lines[6].split(",")[2] != "nan"
+    write_table(tmp_path / "n.csv", ["a", "b"], np.array([[1.5, np.nan], [np.nan, -np.inf]]))  # NaN columns: analytic grain tables
+    assert (tmp_path / "n.csv").read_text() == "a,b\n1.5,nan\nnan,-inf\n"
     assert lines[9] == "0.177,4500,-0,1" and lines[8].startswith("1,2,3,")  # short, whole numbers bare
     write_table(tmp_path / "e.csv", ["a", "b"], np.zeros((0, 2)))
     assert (tmp_path / "e.csv").read_text() == "a,b\n" and read_table(tmp_path / "e.csv")[1].shape == (0, 2)

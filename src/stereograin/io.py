@@ -166,12 +166,13 @@ def write_table(path: str | os.PathLike, columns: Sequence[str], data: np.ndarra
     body = b""
     if data.size:
         x = np.ascontiguousarray(data, dtype=np.float64)
-        bad = ~np.isfinite(x)
-        # orjson writes NaN and infinities as null: they are put back after
-        body = orjson.dumps(_ten_digits(np.where(bad, 0.0, x)), option=orjson.OPT_SERIALIZE_NUMPY)
-        body = _WHOLE.sub(b"", body[2:-2].replace(b"],[", b"\n")) + b"\n"
-        if bad.any():
-            body = _put_back_non_finite(body, x, bad)
+        # orjson writes NaN and infinities as null (a token no number contains): nulls become
+        # "nan" in one replace; only rows holding an infinity are rewritten one by one
+        body = orjson.dumps(_ten_digits(x), option=orjson.OPT_SERIALIZE_NUMPY)
+        body = _WHOLE.sub(b"", body[2:-2].replace(b"],[", b"\n")).replace(b"null", b"nan") + b"\n"
+        inf = np.isinf(x)
+        if inf.any():
+            body = _put_back_infinities(body, x, inf)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             fh.write((",".join(columns) + "\n").encode("utf-8"))
@@ -199,14 +200,13 @@ def _ten_digits(x: np.ndarray) -> np.ndarray:
     return np.where(ok & np.isfinite(out), out, x)
 
 
-def _put_back_non_finite(body: bytes, x: np.ndarray, bad: np.ndarray) -> bytes:
-    """Rows of ``body`` that hold non-finite values of ``x``, rewritten with ``nan`` / ``inf`` / ``-inf``."""
+def _put_back_infinities(body: bytes, x: np.ndarray, inf: np.ndarray) -> bytes:
+    """Rows of ``body`` that hold infinities of ``x``, rewritten with ``inf`` / ``-inf`` (written as ``nan``)."""
     lines = body.split(b"\n")
-    for i in np.flatnonzero(bad.any(axis=1)):
+    for i in np.flatnonzero(inf.any(axis=1)):
         vals = lines[i].split(b",")
-        for j in np.flatnonzero(bad[i]):
-            v = x[i, j]
-            vals[j] = b"nan" if np.isnan(v) else (b"inf" if v > 0 else b"-inf")
+        for j in np.flatnonzero(inf[i]):
+            vals[j] = b"inf" if x[i, j] > 0 else b"-inf"
         lines[i] = b",".join(vals)
     return b"\n".join(lines)
 
