@@ -187,6 +187,14 @@ def test_assembly_region_gives_the_whole_box_result_or_signals_a_cut(tiny):
     np.testing.assert_array_equal(q.grains.positions, p.grains.positions)
     np.testing.assert_array_equal(q.centres_px, p.centres_px)
     np.testing.assert_array_equal(q.volumes_px3, p.volumes_px3)
+    # labelling from the shell alone (no padding) and growing around cut cells: the same particle
+    g = assemble(coefs, CT_NM, arch, window_px=30.0, com_spacing_px=1.0, pad_px=14.0, start_pad_px=0.0)
+    assert g.n_grains == p.n_grains
+    np.testing.assert_array_equal(g.grains.positions, p.grains.positions)
+    np.testing.assert_array_equal(g.centres_px, p.centres_px)
+    np.testing.assert_array_equal(g.volumes_px3, p.volumes_px3)
+    with pytest.raises(StereograinError, match="starting padding"):
+        assemble(coefs, CT_NM, arch, window_px=30.0, com_spacing_px=1.0, pad_px=4.0, start_pad_px=5.0)
     # too little padding: kept cells reach the region's edge
     with pytest.raises(_CellCut):
         assemble(coefs, CT_NM, arch, window_px=30.0, com_spacing_px=1.0, pad_px=0.0)
