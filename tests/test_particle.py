@@ -49,6 +49,24 @@ def _shell(radius_px: float, seed: int = 1, bumps: float = 0.08) -> np.ndarray:
     return a
 
 
+def test_shell_gap_decides_every_reach_like_the_expansion():
+    from stereograin.particle import _shell_gap
+
+    coefs = _shell(20.0, bumps=0.3)
+    scale = CT_NM / 50.0
+    x = np.random.default_rng(3).uniform(-40, 40, (4000, 3))
+    x[0] = 0.0
+    norm = np.linalg.norm(x, axis=1)
+    gap_true = np.full(len(x), -1.0)  # the centre is inside
+    gap_true[1:] = norm[1:] - shell_radius(coefs, x[1:]) * scale
+    g = _shell_gap(coefs, scale, x, shell_radius_range(coefs), 2.0, 9.0)
+    for reach in (2.0, 5.0, 9.0):
+        np.testing.assert_array_equal(g <= reach, gap_true <= reach)
+    exact = np.isfinite(g)
+    assert 0 < exact.sum() < len(x)  # some decided by the radius bounds alone
+    np.testing.assert_allclose(g[exact], gap_true[exact], rtol=1e-12)
+
+
 def test_shell_radius_range_bounds_every_direction_and_is_tight():
     coefs = paper_model().sample(6, np.random.default_rng(0), workers=1)
     u = sphere.icosphere(7)[0]  # 163842 directions

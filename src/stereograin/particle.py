@@ -469,44 +469,51 @@ class Particle:
         return cls.from_dict(read_json(p, "particle"), f"particle {p}")
 
 
-def _near_shell(
-    coefficients: np.ndarray, scale: float, points_px: np.ndarray, reach_px: float, radius_range: tuple[float, float]
+def _shell_gap(
+    coefficients: np.ndarray, scale: float, points_px: np.ndarray, radius_range: tuple[float, float],
+    reach_lo: float, reach_hi: float,
 ) -> np.ndarray:
-    """Whether ``|x| - reach <= r(x / |x|) scale`` at ``points_px`` (n, 3): within ``reach`` px, radially, of the shell's inside.
+    """Radial gap ``|x| - r(x / |x|) scale`` (px) at ``points_px`` (n, 3), exact where a reach in ``[reach_lo, reach_hi]`` could matter.
 
     ``scale`` converts the shell's CT voxels to px; ``radius_range`` is
-    :func:`shell_radius_range` of the coefficients (CT voxels). Points closer
-    than its lower bound or farther than its upper bound are decided without
-    evaluating the SH expansion.
+    :func:`shell_radius_range` of the coefficients (CT voxels). A point is
+    within ``reach`` px, radially, of the shell's inside when its gap is
+    ``<= reach``. Points within ``reach_lo`` of the radius's lower bound get
+    ``-inf`` and points beyond ``reach_hi`` of its upper bound ``+inf``
+    (decided for every reach in the range) without evaluating the SH
+    expansion; so does the centre (inside: a star-shaped shell's radius is
+    positive).
     """
     x = np.asarray(points_px, dtype=np.float64).reshape(-1, 3)
     norm = np.sqrt(np.einsum("ij,ij->i", x, x))
-    rho = norm - reach_px
     lo, hi = (v * scale for v in radius_range)
-    out = (rho <= lo) | (norm == 0)  # the centre is inside (a star-shaped shell's radius is positive)
-    band = np.flatnonzero((rho > lo) & (rho <= hi) & (norm > 0))
+    gap = np.where(norm - reach_lo <= lo, -np.inf, np.inf)
+    gap[norm == 0] = -np.inf
+    band = np.flatnonzero((norm - reach_lo > lo) & (norm - reach_hi <= hi) & (norm > 0))
     if band.size:
-        out[band] = rho[band] <= shell_radius(coefficients, x[band]) * scale
-    return out
+        gap[band] = norm[band] - shell_radius(coefficients, x[band]) * scale
+    return gap
 
 
-def _region_mask(
-    coefficients: np.ndarray, scale: float, i0: np.ndarray, shape: np.ndarray, h: float, pad: float,
+def _region_masks(
+    coefficients: np.ndarray, scale: float, i0: np.ndarray, shape: np.ndarray, h: float, pads: tuple[float, ...],
     radius_range: tuple[float, float],
-) -> np.ndarray:
-    """The assembly region on the grid: blocks of ``_MASK_BLOCK`` steps whose centre is within ``pad`` plus the block's half-diagonal of the shell.
+) -> list[np.ndarray]:
+    """Assembly regions on the grid, one per padding: blocks of ``_MASK_BLOCK`` steps whose centre is within the padding plus the block's half-diagonal of the shell.
 
     ``i0`` and ``shape`` (x y z) place the grid (``h`` px steps); ``scale``
-    converts CT voxels to px. Returns the (Z', Y', X') bool mask for
-    :meth:`~stereograin.tessellation.GBPD.label_grid`.
+    converts CT voxels to px. Returns (Z', Y', X') bool masks for
+    :meth:`~stereograin.tessellation.GBPD.label_grid`; the shell's radius is
+    evaluated once for all of them.
     """
     b = _MASK_BLOCK
     nb = -(-shape // b)  # x y z
     axes = [h * (i0[a] + np.minimum(b * np.arange(nb[a]) + 0.5 * (b - 1), shape[a] - 1)) for a in range(3)]
     zz, yy, xx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
     c = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1)
-    reach = pad + 0.5 * math.sqrt(3.0) * (b - 1) * h
-    return _near_shell(coefficients, scale, c, reach, radius_range).reshape(nb[2], nb[1], nb[0])
+    half = 0.5 * math.sqrt(3.0) * (b - 1) * h
+    gap = _shell_gap(coefficients, scale, c, radius_range, min(pads) + half, max(pads) + half)
+    return [(gap <= p + half).reshape(nb[2], nb[1], nb[0]) for p in pads]
 
 
 def _kept(
@@ -614,9 +621,8 @@ def assemble(
         counts, mean, lo, hi, open_ = cell_moments(lab, n)
         kept = _kept(coefficients, to_ct, radius_range, i0, h, counts, mean)
     else:
-        region = _region_mask(coefficients, 1.0 / to_ct, i0, shape, h, float(pad_px), radius_range)
         start = float(pad_px if start_pad_px is None else start_pad_px)
-        mask = _region_mask(coefficients, 1.0 / to_ct, i0, shape, h, start, radius_range) & region
+        region, mask = _region_masks(coefficients, 1.0 / to_ct, i0, shape, h, (float(pad_px), start), radius_range)
         gbpd = arch.gbpd()
         lab = gbpd.label_grid(zyx, mask=mask, mask_block=_MASK_BLOCK, **grid)
         while True:
@@ -716,7 +722,7 @@ def make_particle(
         box = np.clip(extent + np.array([-pad, pad]), -R, R)
 
         def region(x: np.ndarray, box=box, pad=pad) -> np.ndarray:
-            return np.all((x >= box[:, 0]) & (x <= box[:, 1]), axis=1) & _near_shell(coefs, scale, x, pad, radius_range)
+            return np.all((x >= box[:, 0]) & (x <= box[:, 1]), axis=1) & (_shell_gap(coefs, scale, x, radius_range, pad, pad) <= pad)
 
         # Seeds are drawn in the ball of radius R plus the model's margin, so every seed
         # within R has its true neighbourhood and markers; only those within the padding
