@@ -30,7 +30,7 @@ spacings beyond it (measured on the default model), so labelling starts
 1.5 spacings inside the padding (:data:`GROW_SPACINGS`, 2 spacings for a
 typical particle) and grows, in blocks, around every kept cell that
 touches the edge of what is labelled, until none does (about one particle
-in four grows once). Other cells cut by that edge are decided on the part
+in five grows once). Other cells cut by that edge are decided on the part
 labelled so far: the missing part lies farther out, beyond the starting
 padding, and moves their centre outward (not provable for every shell
 shape; no decision changed in the measurement below). Measured on 40 particles (10 um and
