@@ -305,40 +305,77 @@ def _recurrence_table(L: int) -> np.ndarray:
     return t
 
 
-@numba.njit(cache=True, nogil=True)
+_EXP_BLOCK = 64  # directions per block of _expansion: its inner loops run over them (vectorised)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _expansion(a, L, u, tab, out):  # pragma: no cover - compiled
-    # real_sph_harm's recurrences, summed on the fly per direction: no (n, (L+1)^2) basis in memory.
+    # real_sph_harm's recurrences, summed on the fly: no (n, (L+1)^2) basis in memory. The
+    # directions go in blocks, and every loop over (l, m) runs across a block's directions, so
+    # LLVM vectorises it (the recurrence's branches depend on l and m only); each direction
+    # still sees the same operations in the same order, so the sums are the scalar loop's.
     sqrt2 = np.sqrt(2.0)
     y00 = np.sqrt(1.0 / (4.0 * np.pi))
-    for i in range(u.shape[0]):
-        ux, uy, uz = u[i, 0], u[i, 1], u[i, 2]
-        nrm = np.sqrt(ux * ux + uy * uy + uz * uz)
-        ux, uy, uz = ux / nrm, uy / nrm, uz / nrm
-        rho = np.hypot(ux, uy)
-        x = uz
-        if rho > 0:
-            c1, s1 = ux / rho, uy / rho
-        else:
-            c1, s1 = 1.0, 0.0
-        pmm = y00
-        cm, sm = 1.0, 0.0
-        acc = 0.0
+    B = _EXP_BLOCK
+    x = np.empty(B)
+    rho = np.empty(B)
+    c1 = np.empty(B)
+    s1 = np.empty(B)
+    pmm = np.empty(B)
+    cm = np.empty(B)
+    sm = np.empty(B)
+    p1 = np.empty(B)
+    p2 = np.empty(B)
+    acc = np.empty(B)
+    for i0 in range(0, u.shape[0], B):
+        nb = min(B, u.shape[0] - i0)
+        for v in range(nb):
+            ux, uy, uz = u[i0 + v, 0], u[i0 + v, 1], u[i0 + v, 2]
+            nrm = np.sqrt(ux * ux + uy * uy + uz * uz)
+            ux, uy, uz = ux / nrm, uy / nrm, uz / nrm
+            r = np.hypot(ux, uy)
+            rho[v] = r
+            x[v] = uz
+            c1[v] = ux / r if r > 0 else 1.0
+            s1[v] = uy / r if r > 0 else 0.0
+            pmm[v] = y00
+            cm[v] = 1.0
+            sm[v] = 0.0
+            acc[v] = 0.0
         for m in range(L + 1):
             if m > 0:
-                pmm = tab[0, m, 0] * rho * pmm
-                cm, sm = cm * c1 - sm * s1, sm * c1 + cm * s1
-            p2, p1 = 0.0, pmm
+                f = tab[0, m, 0]
+                for v in range(nb):
+                    pmm[v] = f * rho[v] * pmm[v]
+                    c, s_ = cm[v], sm[v]
+                    cm[v] = c * c1[v] - s_ * s1[v]
+                    sm[v] = s_ * c1[v] + c * s1[v]
+            for v in range(nb):
+                p2[v] = 0.0
+                p1[v] = pmm[v]
             for l in range(m, L + 1):
                 if l == m + 1:
-                    p2, p1 = p1, np.sqrt(2.0 * m + 3.0) * x * p1
+                    g = np.sqrt(2.0 * m + 3.0)
+                    for v in range(nb):
+                        p2[v] = p1[v]
+                        p1[v] = g * x[v] * p1[v]
                 elif l > m + 1:
-                    p2, p1 = p1, tab[1, m, l] * (x * p1 - tab[2, m, l] * p2)
+                    t1, t2 = tab[1, m, l], tab[2, m, l]
+                    for v in range(nb):
+                        q = t1 * (x[v] * p1[v] - t2 * p2[v])
+                        p2[v] = p1[v]
+                        p1[v] = q
                 base = l * l + l
                 if m == 0:
-                    acc += a[base] * p1
+                    a0 = a[base]
+                    for v in range(nb):
+                        acc[v] += a0 * p1[v]
                 else:
-                    acc += sqrt2 * p1 * (a[base + m] * cm + a[base - m] * sm)
-        out[i] = acc
+                    ap, am = a[base + m], a[base - m]
+                    for v in range(nb):
+                        acc[v] += sqrt2 * p1[v] * (ap * cm[v] + am * sm[v])
+        for v in range(nb):
+            out[i0 + v] = acc[v]
 
 
 def evaluate(coefficients: np.ndarray, directions: np.ndarray | None = None, level: int = 3) -> np.ndarray:
