@@ -33,8 +33,8 @@ touches the edge of what is labelled, until none does (about one particle
 in five grows once). Other cells cut by that edge are decided on the part
 labelled so far: the missing part lies farther out, beyond the starting
 padding, and moves their centre outward (not provable for every shell
-shape; no decision changed in the measurement below). Measured on 40 particles (10 um and
-paper-model shells), this labels about 30 % fewer voxels than the whole
+shape; no decision changed in the measurement below). Measured on 40
+particles (10 um and paper-model shells), this labels about 30 % fewer voxels than the whole
 padded region and gives the same particles, except where a kept cell has a
 detached fragment (GBPD cells can be disconnected) beyond what is labelled:
 such a fragment is not part of the grain's centre and volume (one of the 40:
@@ -577,8 +577,8 @@ def assemble(
         radially) of the shell; default: the whole box.
     start_pad_px : float, optional
         Label first within this distance (px, at most ``pad_px``) and grow the
-        labelled part, block by block, only around cells that may be kept
-        and are not yet whole (module notes); default: ``pad_px`` (no growth).
+        labelled part, block by block within ``pad_px``, around kept cells
+        that are not yet whole (module notes); default: ``pad_px`` (no growth).
 
     Returns
     -------
