@@ -132,6 +132,22 @@ def test_few_large_cells_fill_whole_blocks_exactly(n):
     assert not out[~full].any()
 
 
+@pytest.mark.parametrize("n", [4, 300])
+def test_long_rows_split_into_slabs_equal_bruteforce(n, monkeypatch):
+    # rows longer than one slab buffer: several slabs (one task wide) per row, the last one partial
+    monkeypatch.setattr(tess, "_SLAB_SITES", 1)
+    rng = np.random.default_rng(20 + n)
+    g = random_gbpd(rng, n, 3, 210.0, (0.3, 20.0))
+    shape = (9, 10, 203)
+    ref = g.label_points_bruteforce(grid_points(shape, 0.5, 1.0)).reshape(shape)
+    np.testing.assert_array_equal(g.label_grid(shape, 0.5, 1.0), ref)
+    mask = rng.random(tuple(-(-x // 4) for x in shape)) < 0.5
+    out = g.label_grid(shape, 0.5, 1.0, mask=mask, mask_block=4)
+    full = mask.repeat(4, 0).repeat(4, 1).repeat(4, 2)[: shape[0], : shape[1], : shape[2]]
+    np.testing.assert_array_equal(out[full], ref[full])
+    assert not out[~full].any()
+
+
 def test_label_grid_mask_bad_input():
     g = random_gbpd(np.random.default_rng(1), 20, 3, 10.0, (0.5, 2.0))
     for kw, msg in (

@@ -275,12 +275,14 @@ def plane_points(
 # ---------------------------------------------------------------------------
 
 _FM = {"contract"}  # fused multiply-adds only: no reassociation, results are deterministic
-_NF = 18  # gathered fields per candidate: sx sy sz m00 m01 m02 m11 m12 m22 r R(child level) G (6, as Gl) C (see _lower)
+# gathered fields per candidate: sx sy sz m00 m01 m02 m11 m12 m22 r R(child level); the leaves read G and C
+# (see _lower) from the table Gl by cell: copying them down every level costs more than those few reads
+_NF = 11
 _NO_LABEL = 0x7FFFFFFF
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather(ids, off, n, S, Mu, r, Rl, Gl, soa):  # pragma: no cover - compiled
+def _gather(ids, off, n, S, Mu, r, Rl, soa):  # pragma: no cover - compiled
     """Fields of cells ``ids[off:off + n]`` into ``soa[:, :n]`` (see ``_NF``)."""
     for t in range(n):
         j = ids[off + t]
@@ -291,8 +293,6 @@ def _gather(ids, off, n, S, Mu, r, Rl, Gl, soa):  # pragma: no cover - compiled
             soa[3 + f, t] = Mu[j, f]
         soa[9, t] = r[j]
         soa[10, t] = Rl[j]
-        for f in range(7):
-            soa[11 + f, t] = Gl[j, f]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -382,7 +382,7 @@ def _block_keep(soa, lev, n, cx, cy, cz, hx, hy, hz, A, qc, lin, sl, hi, keep): 
 
 
 @numba.njit(cache=True, nogil=True)
-def _lower(soa, lev, keep, m, cx, cy, cz, A, qc, p, lin, sl, low, err):  # pragma: no cover - compiled
+def _lower(soa, ids, Gl, lev, keep, m, cx, cy, cz, A, qc, p, lin, sl, low, err):  # pragma: no cover - compiled
     """For the kept positions ``t = keep[:m]`` of a leaf (centre ``c``): ``low[t]``, ``p[:, t]`` and ``err[t]``.
 
     ``low[t] = lo_t - r_t - slack_t`` (engine notes) bounds f_t from below on the
@@ -426,10 +426,10 @@ def _lower(soa, lev, keep, m, cx, cy, cz, A, qc, p, lin, sl, low, err):  # pragm
         lo = max(np.sqrt(q) - Rt, np.sqrt(l2))
         low[t] = lo - rt - sl[t]
         # S = |q| + sum_k |p_k| Tmax[k] + C_t with Tmax[k] = max_v |T[k, v]| and C_t = sum of
-        # |G entries| Tmax (soa field 17, from _run_tree); sum_k |p_k| Tmax[k] = 2 L, as the
+        # |G entries| Tmax (column 6 of Gl, from _run_tree); sum_k |p_k| Tmax[k] = 2 L, as the
         # leaf's half-extents (lattice mode) are Tmax[k] / 2 (L's rounding,
         # ~1e-16 relative, is covered by E's margin)
-        S = q + 2.0 * lin[t] + soa[lev, 17, t]
+        S = q + 2.0 * lin[t] + Gl[ids[lev, t], 6]
         E = 20.0 * _U32 * S + 1e-37
         sS = np.sqrt(S)
         sE = 0.0011 * sS + 1e-18  # >= sqrt(E), as sqrt(20 u) = 0.001092...
@@ -448,8 +448,6 @@ def _take(soa, ids, lev, keep, m, Rtab):  # pragma: no cover - compiled
         for f in range(10):
             soa[lev + 1, f, u] = soa[lev, f, t]
         soa[lev + 1, 10, u] = Rtab[lev + 2, j]
-        for f in range(11, _NF):
-            soa[lev + 1, f, u] = soa[lev, f, t]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -470,7 +468,7 @@ _MAX_S32 = 1e30  # a leaf whose float32 terms could exceed this (overflow) is ev
 
 
 @numba.njit(cache=True, nogil=True)
-def _site_exact(v, ids, soa, lev, order, m, work, T):  # pragma: no cover - compiled
+def _site_exact(v, ids, soa, lev, order, m, work, T, Gl):  # pragma: no cover - compiled
     """Exact (float64) cell of leaf site ``v``: candidates in increasing ``low``, ties to the lowest index."""
     best = np.inf
     lab = _NO_LABEL
@@ -480,9 +478,8 @@ def _site_exact(v, ids, soa, lev, order, m, work, T):  # pragma: no cover - comp
             break
         c = ids[lev, t]
         q = (
-            work[2, t] + work[3, t] * T[0, v] + work[4, t] * T[1, v] + work[5, t] * T[2, v] + soa[lev, 11, t] * T[3, v]
-            + soa[lev, 14, t] * T[4, v] + soa[lev, 16, t] * T[5, v] + soa[lev, 12, t] * T[6, v]
-            + soa[lev, 13, t] * T[7, v] + soa[lev, 15, t] * T[8, v]
+            work[2, t] + work[3, t] * T[0, v] + work[4, t] * T[1, v] + work[5, t] * T[2, v] + Gl[c, 0] * T[3, v]
+            + Gl[c, 3] * T[4, v] + Gl[c, 5] * T[5, v] + Gl[c, 1] * T[6, v] + Gl[c, 2] * T[7, v] + Gl[c, 4] * T[8, v]
         )
         q = q if q > 0.0 else 0.0
         f = np.sqrt(q) - soa[lev, 9, t]
@@ -494,7 +491,7 @@ def _site_exact(v, ids, soa, lev, order, m, work, T):  # pragma: no cover - comp
 
 @numba.njit(cache=True, nogil=True, fastmath=_FM)
 def _leaf_lattice(
-    slab, base, sj, sk, lx, ly, lz, ids, soa, lev, order, m, work, T, T32, b1A, b2A, b1B, b2B, qv, lA, lB, screen
+    slab, base, sj, sk, lx, ly, lz, ids, soa, lev, order, m, work, T, T32, Gl, b1A, b2A, b1B, b2B, qv, lA, lB, screen
 ):  # pragma: no cover - compiled
     """Exact labels of the ``lx * ly * lz`` sites of a leaf; site ``(i, j, k)`` goes to ``slab[base + k sk + j sj + i]``.
 
@@ -509,8 +506,9 @@ def _leaf_lattice(
     could overflow. ``work`` rows: low, err, q, p (3) as :func:`_lower` left
     them. Scratch (one array each: LLVM does not vectorise a loop that writes
     two rows of one array): ``b1A``, ``b2A``, ``b1B``, ``b2B``, ``qv`` float32,
-    ``lA``, ``lB`` int32; updates go to the B buffers and are copied back, which
-    keeps LLVM from emitting masked stores.
+    ``lA``, ``lB`` int32; updates go to the B buffers, which then swap roles with
+    the A buffers (an in-place update makes LLVM emit masked stores). ``G`` comes
+    from ``Gl`` by cell.
     """
     nv = T.shape[1]
     inf32 = np.float32(np.inf)
@@ -544,12 +542,12 @@ def _leaf_lattice(
         p0 = work[3, t]
         p1 = work[4, t]
         p2 = work[5, t]
-        g00 = soa[lev, 11, t]
-        g01 = soa[lev, 12, t]
-        g02 = soa[lev, 13, t]
-        g11 = soa[lev, 14, t]
-        g12 = soa[lev, 15, t]
-        g22 = soa[lev, 16, t]
+        g00 = Gl[c, 0]
+        g01 = Gl[c, 1]
+        g02 = Gl[c, 2]
+        g11 = Gl[c, 3]
+        g12 = Gl[c, 4]
+        g22 = Gl[c, 5]
         rc = soa[lev, 9, t]
         cq = np.float32(q0)
         c0 = np.float32(p0)
@@ -601,13 +599,12 @@ def _leaf_lattice(
                 b1B[v] = min(f, b)
                 b2B[v] = min(b2A[v], max(f, b))
                 lB[v] = c32 if f < b else lv
-            for v in range(nv):
-                b1A[v] = b1B[v]
-                b2A[v] = b2B[v]
-                lA[v] = lB[v]
+            b1A, b1B = b1B, b1A
+            b2A, b2B = b2B, b2A
+            lA, lB = lB, lA
     if exact:
         for v in range(nv):
-            lA[v] = _site_exact(v, ids, soa, lev, order, m, work, T)
+            lA[v] = _site_exact(v, ids, soa, lev, order, m, work, T, Gl)
     else:
         # decided: fl(b2 - b1) > mth32 >= 2 emax (1 + 1e-4) implies b2 - b1 > 2 emax (relative rounding <= u)
         mth32 = np.float32(2.0 * emax * 1.0001)
@@ -617,7 +614,7 @@ def _leaf_lattice(
         if namb:
             for v in range(nv):
                 if (b2A[v] - b1A[v]) <= mth32:
-                    lA[v] = _site_exact(v, ids, soa, lev, order, m, work, T)
+                    lA[v] = _site_exact(v, ids, soa, lev, order, m, work, T, Gl)
     for kk in range(lz):
         for jj in range(ly):
             row = np.uint64(base + kk * sk + jj * sj)  # unsigned: no wraparound test, so plain stores
@@ -715,7 +712,7 @@ def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat,
     for b in range(w, nb, nw):
         p0 = boff[b]
         pn = boff[b + 1] - p0
-        _gather(bidx, p0, pn, S, Mu, r, Rl, Gl, soa[0])
+        _gather(bidx, p0, pn, S, Mu, r, Rl, soa[0])
         for ch in range(nch):
             ix = borig[b, 0] + (ch & 1) * cxy
             iy = borig[b, 1] + ((ch >> 1) & 1) * cxy
@@ -740,11 +737,12 @@ def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat,
 @numba.njit(cache=True, nogil=True)
 def _descend_worker(
     slabs, out_grid, out_pts, torig, toff, tidx, sstart, sizes, sizesz, hxy, hz, sat, sdv, X, bstart,
-    o, A, S, Mu, r, Rtab, Gl, T, T32, ids, soa, work, iwork, b32, l32, slab, screen,
+    o, A, S, Mu, r, Rtab, Gl, T, T32, ids, soa, work, iwork, b32, l32, slab, screen, slab_w,
 ):  # pragma: no cover - compiled
     """Depth-first from the task blocks down to the leaves, for the slabs ``slabs``.
 
-    A slab is the row of task blocks with the same (y, z) origin, in increasing x
+    A slab is a row of task blocks with the same (y, z) origin and the same
+    ``x // slab_w`` (``slab_w`` a multiple of the task size), in increasing x
     (tasks ``sstart[s]:sstart[s + 1]``). Scratch (``ids`` (levels, cap), ``soa``
     (levels, _NF, cap + 16), ``work`` (8, cap + 16), ``iwork`` (2, cap), ``b32``
     (5, sites per leaf) float32, ``l32`` (2, sites per leaf) int32 and the slab
@@ -771,16 +769,19 @@ def _descend_worker(
     order = iwork[1]
     b1A, b2A, b1B, b2B, qv = b32[0], b32[1], b32[2], b32[3], b32[4]
     lA, lB = l32[0], l32[1]
-    # The leaves write their labels into the slab buffer in the output's row order (rows padded
-    # to whole leaves), which stays in cache; the slab is copied out in whole rows at the end.
-    # Writing 4-voxel rows straight into a large volume costs several ns/voxel in cache misses.
+    # The leaves write their labels into the slab buffer in the output's row order, which
+    # stays in L2 (_SLAB_SITES); the slab is copied out in rows at the end. Writing 4-voxel
+    # rows straight into a large volume costs several ns/voxel in cache misses; a slab larger
+    # than L2 (a whole row of tasks, 1 MiB at 256^3) about 1.5 ns/voxel more; copying out
+    # rows of one 32-voxel task about 0.5 ns/voxel more than rows of 256.
     lx_, lz_ = sizes[nl - 1], sizesz[nl - 1]  # leaf size
     ly_ = lx_
+    sxp = slab_w  # slab row length
     sy = sizes[0]  # slab rows per z plane
-    sxp = ((shape_x + lx_ - 1) // lx_) * lx_  # slab row length
     of = out_grid.reshape(out_grid.size)
     for si in range(slabs.shape[0]):
         sl_ = slabs[si]
+        tx0 = (torig[sstart[sl_], 0] // sxp) * sxp
         ty0, tz0 = torig[sstart[sl_], 1], torig[sstart[sl_], 2]
         if use_sat and not points_mode:
             slab[:] = 0  # skipped (masked-out) leaves stay 0
@@ -789,7 +790,7 @@ def _descend_worker(
             pn = toff[t0 + 1] - p0
             for u in range(pn):
                 ids[0, u] = tidx[p0 + u]
-            _gather(ids[0], 0, pn, S, Mu, r, Rtab[1], Gl, soa[0])
+            _gather(ids[0], 0, pn, S, Mu, r, Rtab[1], soa[0])
             cnt[0] = pn
             nxt[0] = 0
             org[0, 0] = torig[t0, 0]
@@ -819,19 +820,19 @@ def _descend_worker(
                 if m == 1 and not points_mode and (not use_sat or _box_full(sat, sdv, ix, iy, iz, cxy, czz)):
                     # One survivor: it is strictly better than every dropped cell everywhere in the
                     # block (engine notes), so it owns every site, ties included; no descent.
-                    _fill_block(slab, ((iz - tz0) * sy + (iy - ty0)) * sxp + ix, sxp, sy * sxp, min(cxy, sxp - ix), cxy, czz,
+                    _fill_block(slab, ((iz - tz0) * sy + (iy - ty0)) * sxp + ix - tx0, sxp, sy * sxp, cxy, cxy, czz,
                                 ids[lev, keep[0]] + 1)
                     continue
                 if is_leaf:
-                    _lower(soa, lev, keep, m, cx, cy, cz, A, qc, pp, lin, sl, low, hi)
+                    _lower(soa, ids, Gl, lev, keep, m, cx, cy, cz, A, qc, pp, lin, sl, low, hi)
                     _sort_by(low, keep, m, order)
                     if points_mode:
                         b = (iz * shape_y + iy) * shape_x + ix
                         _leaf_points(out_pts, b, X, bstart, ids[lev], soa[lev], order, m, low)
                     else:
-                        base = ((iz - tz0) * sy + (iy - ty0)) * sxp + ix
+                        base = ((iz - tz0) * sy + (iy - ty0)) * sxp + ix - tx0
                         _leaf_lattice(
-                            slab, base, sxp, sy * sxp, lx_, ly_, lz_, ids, soa, lev, order, m, work, T, T32,
+                            slab, base, sxp, sy * sxp, lx_, ly_, lz_, ids, soa, lev, order, m, work, T, T32, Gl,
                             b1A, b2A, b1B, b2B, qv, lA, lB, screen,
                         )
                 else:
@@ -843,13 +844,14 @@ def _descend_worker(
                     org[lev, 1] = iy
                     org[lev, 2] = iz
         if not points_mode:
+            ex = min(sxp, shape_x - tx0)
             ey = min(sy, shape_y - ty0)
             ez = min(sizesz[0], shape_z - tz0)
             for k in range(ez):
                 for j in range(ey):
-                    dst = ((tz0 + k) * shape_y + ty0 + j) * shape_x
+                    dst = ((tz0 + k) * shape_y + ty0 + j) * shape_x + tx0
                     src = (k * sy + j) * sxp
-                    for i in range(shape_x):
+                    for i in range(ex):
                         of[np.uint64(dst + i)] = slab[np.uint64(src + i)]  # unsigned: no wraparound test
 
 
@@ -857,6 +859,7 @@ _MAX_SITES = 2**34  # ~17 G sites: beyond this the int32 output alone needs > 64
 _LEAF_3D = 4  # 4 x 4 x 4 = 64 sites per leaf in a 3D index space
 _LEAF_2D = 16  # 16 x 16 = 256 sites per leaf in a 2D index space (images, plane sections)
 _TASK = 32  # blocks of this size (index units) are the parallel tasks
+_SLAB_SITES = 2**16  # slab buffer: at most this many sites (int32: 256 KiB, half a 512 KiB L2) unless one task is larger
 _F32_SCREEN = True  # leaves: float32 screen + float64 near ties (tests switch it off to compare)
 
 
@@ -1040,14 +1043,16 @@ def _run_tree(
         lvl += 1
     if len(orig) == 0:  # every block masked out (out_grid is zeros)
         return
-    # Group the task blocks into slabs (rows of blocks along x, same y and z).
+    # Group the task blocks into slabs (rows of blocks along x, same y and z, at most slab_w wide).
+    tsz = int(sxy[lvl])
+    slab_w = tsz * max(1, min(-(-shape3[2] // tsz), _SLAB_SITES // (tsz * tsz * int(sz[lvl]))))
     order_t = np.lexsort((orig[:, 0], orig[:, 1], orig[:, 2]))
     orig = orig[order_t]
     lens = np.diff(off)[order_t]
     starts = off[:-1][order_t]
     off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     idx = idx[np.repeat(starts - off[:-1], lens) + np.arange(off[-1])].astype(np.int32)
-    key = orig[:, 1] * (shape3[0] + 1) + orig[:, 2]
+    key = (orig[:, 1] * (shape3[0] + 1) + orig[:, 2]) * (shape3[2] // slab_w + 1) + orig[:, 0] // slab_w
     sstart = np.concatenate([[0], np.flatnonzero(np.diff(key)) + 1, [len(orig)]]).astype(np.int64)
     nslab = len(sstart) - 1
     # Slabs go to the threads one at a time, dynamically: the two cores of a shared
@@ -1055,7 +1060,7 @@ def _run_tree(
     cap = max(1, int(np.diff(off).max()))
     nv = T.shape[1]
     lx_ = int(sxy[-1])
-    slab_len = 0 if X.shape[0] else int(sz[lvl] * sxy[lvl] * -(-shape3[2] // lx_) * lx_)
+    slab_len = 0 if X.shape[0] else int(sz[lvl] * sxy[lvl] * slab_w)
     nl = len(sxy) - lvl
     Rl = np.ascontiguousarray(Rtab[lvl:])
     counter = itertools.count()
@@ -1068,7 +1073,7 @@ def _run_tree(
         while (i := next(counter)) < nslab:
             _descend_worker(
                 np.array([i], np.int64), out_grid, out_pts, orig, off, idx, sstart, sxy[lvl:], sz[lvl:], hxy[lvl:],
-                hz[lvl:], sat, sdv, X, bstart, o, A, S, Mu, r, Rl, Gl, T, T32, *scratch, screen,
+                hz[lvl:], sat, sdv, X, bstart, o, A, S, Mu, r, Rl, Gl, T, T32, *scratch, screen, slab_w,
             )
 
     _in_threads(job, min(nw, nslab))
