@@ -148,6 +148,34 @@ def test_long_rows_split_into_slabs_equal_bruteforce(n, monkeypatch):
     assert not out[~full].any()
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_block_pruning_with_the_octant_bound_keeps_every_winner(seed):
+    # a list long enough for the octant bound (_OCTANT_MIN): every cell that wins at a site of
+    # the block survives, and the list still shrinks
+    rng = np.random.default_rng(seed)
+    n = max(400, tess._OCTANT_MIN)
+    g = random_gbpd(rng, n, 3, 60.0, (0.2, 30.0) if seed % 2 else (1.0, 50.0))
+    c = np.array([30.0, 28.0, 31.0])
+    h = np.array([7.5, 7.5, 7.5])
+    A = np.eye(3)
+    S, Mu = g.seeds, g.metrics.reshape(n, 9)[:, [0, 1, 2, 4, 5, 8]]
+    signs = np.array([[a, b, e] for a in (-1, 1) for b in (-1, 1) for e in (-1, 1)], float) * h
+    R = np.sqrt(np.einsum("vi,nij,vj->nv", signs, g.metrics, signs).max(axis=1)) * (1 + 1e-12)
+    soa = np.zeros((1, tess._NF, n + 16))
+    soa[0, 0:3, :n] = S.T
+    soa[0, 3:9, :n] = Mu.T
+    soa[0, 9, :n] = g.offsets
+    soa[0, 10, :n] = R
+    qc, lin, sl, hi = (np.zeros(n + 16) for _ in range(4))
+    keep = np.zeros(n, np.int64)
+    m = tess._block_keep(soa, 0, n, *c, *h, A, qc, lin, sl, hi, keep)
+    pts = c + rng.uniform(-1, 1, (4000, 3)) * h
+    pts = np.concatenate([pts, c + signs])  # the corners too
+    winners = np.unique(g.label_points_bruteforce(pts) - 1)
+    assert set(winners) <= set(keep[:m].tolist())
+    assert m < n
+
+
 def test_label_grid_mask_bad_input():
     g = random_gbpd(np.random.default_rng(1), 20, 3, 10.0, (0.5, 2.0))
     for kw, msg in (
