@@ -319,6 +319,16 @@ def _vmin(a, n):  # pragma: no cover - compiled
     return min(min(m0, m1), min(m2, m3))
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _metric_times(soa, lev, t, dx, dy, dz):  # pragma: no cover - compiled
+    """``M_t d`` for the gathered cell ``t`` (its unique metric entries are ``soa[lev, 3:9, t]``)."""
+    return (
+        soa[lev, 3, t] * dx + soa[lev, 4, t] * dy + soa[lev, 5, t] * dz,
+        soa[lev, 4, t] * dx + soa[lev, 6, t] * dy + soa[lev, 7, t] * dz,
+        soa[lev, 5, t] * dx + soa[lev, 7, t] * dy + soa[lev, 8, t] * dz,
+    )
+
+
 @numba.njit(cache=True, nogil=True)
 def _octant_bound(soa, lev, n, cx, cy, cz, hx, hy, hz, A, hi):  # pragma: no cover - compiled
     """A second upper bound of ``min_i f_i`` on a block, from its 8 octants (engine notes).
@@ -359,9 +369,7 @@ def _octant_bound(soa, lev, n, cx, cy, cz, hx, hy, hz, A, hi):  # pragma: no cov
             dx = ox - soa[lev, 0, t]
             dy = oy - soa[lev, 1, t]
             dz = oz - soa[lev, 2, t]
-            wx = soa[lev, 3, t] * dx + soa[lev, 4, t] * dy + soa[lev, 5, t] * dz
-            wy = soa[lev, 4, t] * dx + soa[lev, 6, t] * dy + soa[lev, 7, t] * dz
-            wz = soa[lev, 5, t] * dx + soa[lev, 7, t] * dy + soa[lev, 8, t] * dz
+            wx, wy, wz = _metric_times(soa, lev, t, dx, dy, dz)
             q = dx * wx + dy * wy + dz * wz
             q = q if q > 0.0 else 0.0
             L = (
@@ -476,9 +484,7 @@ def _lower(soa, ids, Gl, lev, keep, m, cx, cy, cz, A, qc, p, lin, sl, low, err):
         dx = cx - soa[lev, 0, t]
         dy = cy - soa[lev, 1, t]
         dz = cz - soa[lev, 2, t]
-        wx = soa[lev, 3, t] * dx + soa[lev, 4, t] * dy + soa[lev, 5, t] * dz
-        wy = soa[lev, 4, t] * dx + soa[lev, 6, t] * dy + soa[lev, 7, t] * dz
-        wz = soa[lev, 5, t] * dx + soa[lev, 7, t] * dy + soa[lev, 8, t] * dz
+        wx, wy, wz = _metric_times(soa, lev, t, dx, dy, dz)
         p0 = A[0, 0] * wx + A[0, 1] * wy + A[0, 2] * wz
         p1 = A[1, 0] * wx + A[1, 1] * wy + A[1, 2] * wz
         p2 = A[2, 0] * wx + A[2, 1] * wy + A[2, 2] * wz
