@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib.image
 import numpy as np
 import pytest
@@ -73,6 +75,17 @@ def test_coefficient_laws(tmp_path):
     path = tmp_path / "laws.png"
     plots.coefficient_laws(a, fits, path, unit="voxel", dpi=50)
     _read_png(path)
+
+
+def test_few_particles_plot_without_empty_histograms(tmp_path):
+    # two particles: the robust window holds data, so no density histogram divides 0 by 0
+    a = _coefs(np.random.default_rng(3))[:2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        plots.coefficient_laws(a, {}, tmp_path / "two.png", dpi=50)
+    _read_png(tmp_path / "two.png")
+    lo, hi = plots._robust_range(np.array([1.0, 3.0]))
+    assert (lo, hi) == (1.0, 3.0)
 
 
 def test_coefficient_laws_bad_input(tmp_path):

@@ -63,7 +63,11 @@ def _grid(n: int, ncols: int) -> tuple[int, int]:
 
 
 def _robust_range(x: np.ndarray, lo_q: float = 0.5, hi_q: float = 99.5) -> tuple[float, float]:
-    lo, hi = (float(v) for v in np.percentile(x, [lo_q, hi_q]))
+    # data values at those ranks ("lower" / "higher"), not interpolated between them: the window
+    # always holds some data (with 2 values, interpolated percentiles would exclude both, and a
+    # density histogram of nothing divides 0 by 0)
+    lo = float(np.percentile(x, lo_q, method="lower"))
+    hi = float(np.percentile(x, hi_q, method="higher"))
     if hi <= lo:  # (nearly) constant sample: a small window around it
         pad = 0.5 if lo == 0 else 0.05 * abs(lo)
         lo, hi = lo - pad, hi + pad

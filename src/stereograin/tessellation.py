@@ -1132,7 +1132,6 @@ def _run_tree(
     # machine rarely run at the same speed, and a static split waits for the slower.
     cap = max(1, int(np.diff(off).max()))
     nv = T.shape[1]
-    lx_ = int(sxy[-1])
     slab_len = 0 if X.shape[0] else int(sz[lvl] * sxy[lvl] * slab_w)
     nl = len(sxy) - lvl
     Rl = np.ascontiguousarray(Rtab[lvl:])
