@@ -157,6 +157,13 @@ def test_label_cutouts_equals_brute_force(d: int) -> None:
         np.testing.assert_array_equal(got[b], ref)
     # the restricted metrics' smallest eigenvalue is the smallest D: the same labels
     np.testing.assert_array_equal(label_cutouts(pts, seeds, M, r, start, end, lam=D.min(axis=1)), got)
+    if d == 2:  # real cutout grids: their 8 x 8 blocks are compact, the pruning per block bites
+        grid = cutout_grid(rng.uniform(0, 40, B), rng.uniform(0, 2 * np.pi, B))
+        got = label_cutouts(grid, seeds, M, r, start, end)
+        for b in range(B):
+            sl = slice(start[b], end[b])
+            ref = GBPD(seeds[sl], M[sl], r[sl]).label_points_bruteforce(grid[b]) - 1 + start[b]
+            np.testing.assert_array_equal(got[b], ref)
     with pytest.raises(StereograinError):
         label_cutouts(pts, seeds, M, r, start, start)
 

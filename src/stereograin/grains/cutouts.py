@@ -118,16 +118,19 @@ def _cost(x, seeds, M, r, j):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True)
-def _label_cutouts(points, seeds, M, r, lam, start, end, out):  # pragma: no cover - compiled
+def _label_cutouts(points, seeds, M, r, lam, start, end, groups, out):  # pragma: no cover - compiled
     """Exact 0-based winner (global index) of every point of cutout ``b`` among seeds ``start[b]:end[b]``.
 
     Safe pruning: with ``c`` and ``rho`` the centre and radius of the cutout's
     bounding sphere, ``|x - s_j|_{M_j} >= sqrt(lam_j) |x - s_j| >= sqrt(lam_j) (|s_j - c| - rho)``
     for every point ``x`` of the cutout; ``U`` = the largest best cost over the
     points among the seeds near ``c`` bounds every point's true best cost from
-    above, so a seed whose lower bound exceeds ``U`` wins no point. The rest are
-    evaluated in increasing lower bound until the bound exceeds the point's best
-    cost; ties go to the lower index, as in :meth:`GBPD.label_points_bruteforce`.
+    above, so a seed whose lower bound exceeds ``U`` wins no point. The rest
+    (the pool) get the same lower bound again for each group of points
+    (``groups``: rows of point indices, e.g. 8 x 8 blocks of a 32 x 32
+    cutout, whose smaller spheres give tighter bounds) and are evaluated, per
+    point, in increasing bound until the bound exceeds the point's best cost;
+    ties go to the lower index, as in :meth:`GBPD.label_points_bruteforce`.
     """
     B, P, d = points.shape
     for b in numba.prange(B):
@@ -179,22 +182,44 @@ def _label_cutouts(points, seeds, M, r, lam, start, end, out):  # pragma: no cov
                 pool[m] = s0 + j
                 low[m] = lb
                 m += 1
-        # candidates in increasing lower bound: a point stops at the first one whose bound
-        # exceeds its best cost (it, and every later one, costs more everywhere in the cutout)
-        order = np.argsort(low[:m])
-        for p in range(P):
-            best = np.inf
-            arg = -1
-            for u in range(m):
-                jj = order[u]
-                if low[jj] > best + 1e-9 * (abs(best) + 1.0):  # slack: lam's rounding
-                    break
+        # per group: the pool in increasing lower bound over the group's sphere; a point stops at
+        # the first candidate whose bound exceeds its best cost (it, and every later one, costs
+        # more everywhere in the group)
+        lowg = np.empty(m)
+        cg = np.zeros(d)
+        for g in range(groups.shape[0]):
+            S = groups.shape[1]
+            for a in range(d):
+                cg[a] = 0.0
+                for k in range(S):
+                    cg[a] += points[b, groups[g, k], a] / S
+            rg = 0.0
+            for k in range(S):
+                q = 0.0
+                for a in range(d):
+                    q += (points[b, groups[g, k], a] - cg[a]) ** 2
+                rg = max(rg, math.sqrt(q))
+            for jj in range(m):
                 j = pool[jj]
-                cst = _cost(points[b, p], seeds, M, r, j)
-                if cst < best or (cst == best and j < arg):
-                    best = cst
-                    arg = j
-            out[b, p] = arg
+                q = 0.0
+                for a in range(d):
+                    q += (seeds[j, a] - cg[a]) ** 2
+                lowg[jj] = math.sqrt(lam[j]) * max(math.sqrt(q) - rg, 0.0) - r[j]
+            order = np.argsort(lowg)
+            for k in range(S):
+                p = groups[g, k]
+                best = np.inf
+                arg = -1
+                for u in range(m):
+                    jj = order[u]
+                    if lowg[jj] > best + 1e-9 * (abs(best) + 1.0):  # slack: lam's rounding
+                        break
+                    j = pool[jj]
+                    cst = _cost(points[b, p], seeds, M, r, j)
+                    if cst < best or (cst == best and j < arg):
+                        best = cst
+                        arg = j
+                out[b, p] = arg
 
 
 def label_cutouts(points: np.ndarray, seeds: np.ndarray, M: np.ndarray, r: np.ndarray, start: np.ndarray,
@@ -224,8 +249,19 @@ def label_cutouts(points: np.ndarray, seeds: np.ndarray, M: np.ndarray, r: np.nd
     lam = np.linalg.eigvalsh(M)[:, 0] if lam is None else np.ascontiguousarray(lam, dtype=np.float64)
     out = np.empty(pts.shape[:2], np.int64)
     _label_cutouts(pts, np.ascontiguousarray(seeds, dtype=np.float64), np.ascontiguousarray(M, dtype=np.float64),
-                   np.ascontiguousarray(r, dtype=np.float64), lam, st, en, out)
+                   np.ascontiguousarray(r, dtype=np.float64), lam, st, en, _point_groups(pts.shape[1]), out)
     return out
+
+
+_GROUP = 8  # label_cutouts: a 32 x 32 cutout's points go in 8 x 8 blocks (tighter pruning per block)
+
+
+def _point_groups(P: int) -> np.ndarray:
+    """Rows of point indices for :func:`_label_cutouts`: 8 x 8 blocks of a cutout grid (``cutout_grid``'s row order), else one row."""
+    if P != CUTOUT * CUTOUT:
+        return np.arange(P, dtype=np.int64)[None]
+    idx = np.arange(P, dtype=np.int64).reshape(CUTOUT // _GROUP, _GROUP, CUTOUT // _GROUP, _GROUP)
+    return np.ascontiguousarray(idx.transpose(0, 2, 1, 3).reshape(-1, _GROUP * _GROUP))
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
