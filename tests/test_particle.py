@@ -131,6 +131,33 @@ def test_cell_moments_match_numpy():
         cell_moments(lab + 5, 7)
 
 
+def test_cell_moments_with_a_mask_and_on_threads_equal_the_plain_scan(monkeypatch):
+    import numba
+
+    import stereograin.particle as particle_mod
+
+    rng = np.random.default_rng(5)
+    lab = rng.integers(1, 40, (23, 18, 29)).astype(np.int32)
+    lab[:, :, :] = np.repeat(np.repeat(np.repeat(lab[::3, ::3, ::3], 3, 0), 3, 1), 3, 2)[:23, :18, :29]
+    mask = rng.random((6, 5, 8)) < 0.45  # blocks of 4 voxels; the last ones stick out of the volume
+    mask[0, 0, :] = False  # a row of blocks with nothing to read
+    full = mask.repeat(4, 0).repeat(4, 1).repeat(4, 2)[:23, :18, :29]
+    lab[~full] = 0
+    plain = cell_moments(lab, 45)
+    monkeypatch.setattr(particle_mod, "_MOMENTS_PARALLEL_VOXELS", 1)  # threads even on this small volume
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        for got in (cell_moments(lab, 45, mask, 4), cell_moments(lab, 45)):
+            for a, b in zip(plain, got):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        numba.set_num_threads(before)
+    assert plain[0][0] == (lab == 0).sum() and plain[4][1:40].any()
+    with pytest.raises(StereograinError, match="does not fit"):
+        cell_moments(lab, 45, mask[:-1], 4)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     arch = _architecture()

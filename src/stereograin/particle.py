@@ -211,25 +211,33 @@ def shell_extent(coefficients: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _moments(labels, cnt, sums, lo, hi, open_):  # pragma: no cover - compiled
-    # One pass over runs of equal labels along x: count, coordinate sums, bounding box and
-    # the "open" flag per label (scipy.ndimage needs a pass per statistic, and has no
-    # neighbour test). Label 0 is background: counted, nothing else.
+def _moments(labels, xr, b, k0, dk, cnt, sums, lo, hi, open_):  # pragma: no cover - compiled
+    # One pass over runs of equal labels along x, in the z planes k0, k0 + dk, ...: count,
+    # coordinate sums, bounding box and the "open" flag per label (scipy.ndimage needs a pass
+    # per statistic, and has no neighbour test). Label 0 is background: counted, nothing else.
+    # Row (k, j) is scanned over x in xr[k // b, j // b] = [start, stop) (voxels beyond are 0,
+    # counted without reading them). Returns False at a label outside 0..n (the caller's
+    # one-line error), True otherwise.
     Z, Y, X = labels.shape
-    for k in range(Z):
+    n = cnt.shape[0] - 1
+    for k in range(k0, Z, dk):
         for j in range(Y):
-            i = 0
-            while i < X:
+            i = xr[k // b, j // b, 0]
+            x_end = xr[k // b, j // b, 1]
+            cnt[0] += X - max(x_end - i, 0)
+            while i < x_end:
                 c = labels[k, j, i]
                 e = i + 1
-                while e < X and labels[k, j, e] == c:
+                while e < x_end and labels[k, j, e] == c:
                     e += 1
-                n = e - i
-                cnt[c] += n
+                nr = e - i
+                if c < 0 or c > n:
+                    return False
+                cnt[c] += nr
                 if c != 0:
-                    sums[c, 0] += (i + e - 1) * n // 2  # i + ... + (e - 1), exact: (i + e - 1) n is even
-                    sums[c, 1] += j * n
-                    sums[c, 2] += k * n
+                    sums[c, 0] += (i + e - 1) * nr // 2  # i + ... + (e - 1), exact: (i + e - 1) nr is even
+                    sums[c, 1] += j * nr
+                    sums[c, 2] += k * nr
                     lo[c, 0] = min(lo[c, 0], i)
                     hi[c, 0] = max(hi[c, 0], e - 1)
                     lo[c, 1] = min(lo[c, 1], j)
@@ -250,10 +258,21 @@ def _moments(labels, cnt, sums, lo, hi, open_):  # pragma: no cover - compiled
                                     open_[c] = True
                                     break
                 i = e
+    return True
 
 
-def cell_moments(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+#: Below this many voxels :func:`cell_moments` runs on one thread (the per-thread tables cost more).
+_MOMENTS_PARALLEL_VOXELS = 1_000_000
+
+
+def cell_moments(
+    labels: np.ndarray, n: int, mask: np.ndarray | None = None, mask_block: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Voxel counts, mean voxel index, index bounding boxes and openness of labels ``1..n``.
+
+    Large volumes are scanned on numba's threads, each taking every
+    ``threads``-th z plane into its own tables (summed after: the integer
+    sums are exact, so the result does not depend on the thread count).
 
     Parameters
     ----------
@@ -261,6 +280,14 @@ def cell_moments(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np
         Values in ``0..n``; 0 is background.
     n : int
         Largest label.
+    mask : bool array, optional
+        Where ``labels`` may be non-zero, in blocks of ``mask_block`` voxels
+        (shape ``ceil(labels.shape / mask_block)``, as
+        :meth:`~stereograin.tessellation.GBPD.label_grid` takes it): each row
+        is read only between its first and last masked block. Voxels outside
+        the mask must be 0 (label_grid leaves them so).
+    mask_block : int
+        Voxels per mask entry along each axis.
 
     Returns
     -------
@@ -274,18 +301,43 @@ def cell_moments(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np
         Label ``c`` has a voxel on the grid's faces or next to (6-neighbour) a
         0 voxel: the grid may not hold its whole cell. ``open_[0]`` is False.
     """
+    from .tessellation import _in_threads, _workers
+
     lab = np.ascontiguousarray(labels)
     if lab.ndim != 3:
         raise StereograinError(f"labels must be a 3D (Z, Y, X) array, got shape {lab.shape}")
-    cnt = np.zeros(n + 1, np.int64)
-    sums = np.zeros((n + 1, 3), np.int64)
-    lo = np.full((n + 1, 3), np.iinfo(np.int64).max, np.int64)
-    hi = np.full((n + 1, 3), -1, np.int64)
-    open_ = np.zeros(n + 1, np.bool_)
+    Z, Y, X = lab.shape
+    if mask is None:
+        b = max(Z, Y, 1)
+        xr = np.array([0, X], np.int64).reshape(1, 1, 2)
+    else:
+        b = int(mask_block)
+        m = np.asarray(mask, dtype=bool)
+        if b < 1 or m.shape != tuple(-(-v // b) for v in lab.shape):
+            raise StereograinError(f"mask of shape {m.shape} in blocks of {mask_block} does not fit labels of shape {lab.shape}")
+        anyx = m.any(axis=2)
+        first = np.argmax(m, axis=2)
+        last = m.shape[2] - 1 - np.argmax(m[:, :, ::-1], axis=2)
+        xr = np.stack([np.where(anyx, first * b, 0), np.where(anyx, np.minimum((last + 1) * b, X), 0)], axis=-1).astype(np.int64)
+    nw = min(_workers(), lab.shape[0]) if lab.size >= _MOMENTS_PARALLEL_VOXELS else 1
+    cnt = np.zeros((nw, n + 1), np.int64)
+    sums = np.zeros((nw, n + 1, 3), np.int64)
+    lo = np.full((nw, n + 1, 3), np.iinfo(np.int64).max, np.int64)
+    hi = np.full((nw, n + 1, 3), -1, np.int64)
+    open_ = np.zeros((nw, n + 1), np.bool_)
+    ok = np.ones(nw, np.bool_)
     if lab.size:
-        if lab.min() < 0 or lab.max() > n:
+
+        def job(w: int, k: int) -> None:
+            ok[w] = _moments(lab, xr, b, w, k, cnt[w], sums[w], lo[w], hi[w], open_[w])
+
+        _in_threads(job, nw)
+        if not ok.all():
             raise StereograinError(f"labels must lie in 0..{n}, got {lab.min()}..{lab.max()}")
-        _moments(lab, cnt, sums, lo, hi, open_)
+    if nw > 1:
+        cnt, sums, lo, hi, open_ = cnt.sum(0), sums.sum(0), lo.min(0), hi.max(0), open_.any(0)
+    else:
+        cnt, sums, lo, hi, open_ = cnt[0], sums[0], lo[0], hi[0], open_[0]
     cells = cnt > 0
     cells[0] = False
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -626,7 +678,7 @@ def assemble(
         gbpd = arch.gbpd()
         lab = gbpd.label_grid(zyx, mask=mask, mask_block=_MASK_BLOCK, **grid)
         while True:
-            counts, mean, lo, hi, open_ = cell_moments(lab, n)
+            counts, mean, lo, hi, open_ = cell_moments(lab, n, mask, _MASK_BLOCK)
             kept = _kept(coefficients, to_ct, radius_range, i0, h, counts, mean)
             grow = kept[open_[kept + 1]]  # kept cells not yet whole get the region's blocks around them
             add = _blocks_around(lo[grow + 1], hi[grow + 1], mask.shape) & region & ~mask if grow.size else None
