@@ -334,10 +334,7 @@ def cell_moments(
         _in_threads(job, nw)
         if not ok.all():
             raise StereograinError(f"labels must lie in 0..{n}, got {lab.min()}..{lab.max()}")
-    if nw > 1:
-        cnt, sums, lo, hi, open_ = cnt.sum(0), sums.sum(0), lo.min(0), hi.max(0), open_.any(0)
-    else:
-        cnt, sums, lo, hi, open_ = cnt[0], sums[0], lo[0], hi[0], open_[0]
+    cnt, sums, lo, hi, open_ = cnt.sum(0), sums.sum(0), lo.min(0), hi.max(0), open_.any(0)  # over the threads' tables
     cells = cnt > 0
     cells[0] = False
     with np.errstate(invalid="ignore", divide="ignore"):

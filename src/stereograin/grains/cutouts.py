@@ -586,7 +586,8 @@ def rotated_cutout_points(p: np.ndarray, rotations: np.ndarray) -> np.ndarray:
         raise StereograinError(f"need one (3, 3) rotation per offset, got {R.shape} for {len(p)} offsets")
     # Eq. 16's cutouts of every offset at once: (x + p_j, y - 16.5, 0), x-major as cutout_grid,
     # rotated coordinate by coordinate: the sums einsum("mij,mpj->mpi") forms, in its order
-    # (the same bits), at a third of its time
+    # (the same bits), at a third of its time. The "R * 0.0" term is the einsum's z term
+    # (z = 0): it turns a -0.0 sum into +0.0 as the einsum does, so it must stay
     m = len(p)
     a = np.arange(1, CUTOUT + 1, dtype=np.float64)
     x = np.broadcast_to((a[None, :] + p[:, None])[:, :, None], (m, CUTOUT, CUTOUT)).reshape(m, -1)
