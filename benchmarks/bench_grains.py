@@ -224,11 +224,13 @@ def bench_training(quick: bool) -> dict[str, float]:
 
     from stereograin.grains.discriminator import Discriminator
     from stereograin.grains.generator import MarkerNet
-    from stereograin.grains.training import TrainConfig, train_step
+    from stereograin.grains.training import TrainConfig, _SectionTable, train_step
 
     cfg = TrainConfig()
-    secs = _bench_sections()
-    G, D = MarkerNet(seed=0), Discriminator(seed=1)
+    secs = _SectionTable.of(_bench_sections())  # built once per run, as ``train`` does
+    # The networks ``train`` builds from the config (the discriminator's widths are ``cfg.d_widths``).
+    G = MarkerNet(hidden=cfg.hidden, seed=cfg.seed)
+    D = Discriminator(in_channels=cfg.keep, widths=cfg.d_widths, seed=cfg.seed + 1)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(0)
