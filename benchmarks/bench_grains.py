@@ -86,6 +86,7 @@ def bench_sampling(quick: bool) -> dict[str, float]:
 
     import torch
 
+    from stereograin._threads import run_all
     from stereograin.grains import generator as G
     from stereograin.grains import knn as K
     from stereograin.grains.seeds import MU_1, poisson_seeds
@@ -130,7 +131,7 @@ def bench_sampling(quick: bool) -> dict[str, float]:
                 a = int(grid.start[cells[0]])
                 G._run_features(grid, nz_s, g_s, 12, cells[0], cells[1], rank, a, fscale, f[a:], Q)
 
-            K._run_batches(job, K._cell_batches(grid, K._batch_size(len(grid), nw, G.SAMPLE_CHUNK)), nw)
+            run_all(job, K._cell_batches(grid, K._batch_size(len(grid), nw, G.SAMPLE_CHUNK)), nw)
 
     t_feat = best_of(feature_pass, repeats)
     mlps: queue.SimpleQueue = queue.SimpleQueue()
@@ -149,7 +150,7 @@ def bench_sampling(quick: bool) -> dict[str, float]:
                         mlp(torch.from_numpy(f[g.start[cells[0]] : g.start[cells[1]]]))
                     mlps.put(mlp)
 
-                K._run_batches(job, p, nw)
+                run_all(job, p, nw)
         finally:
             torch.set_num_threads(threads)
 

@@ -301,7 +301,8 @@ def cell_moments(
         Label ``c`` has a voxel on the grid's faces or next to (6-neighbour) a
         0 voxel: the grid may not hold its whole cell. ``open_[0]`` is False.
     """
-    from .tessellation import _in_threads, _workers
+    from ._threads import run_workers
+    from .tessellation import _workers
 
     lab = np.ascontiguousarray(labels)
     if lab.ndim != 3:
@@ -331,7 +332,7 @@ def cell_moments(
         def job(w: int, k: int) -> None:
             ok[w] = _moments(lab, xr, b, w, k, cnt[w], sums[w], lo[w], hi[w], open_[w])
 
-        _in_threads(job, nw)
+        run_workers(job, nw)
         if not ok.all():
             raise StereograinError(f"labels must lie in 0..{n}, got {lab.min()}..{lab.max()}")
     cnt, sums, lo, hi, open_ = cnt.sum(0), sums.sum(0), lo.min(0), hi.max(0), open_.any(0)  # over the threads' tables

@@ -36,12 +36,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 
+from ._threads import run_workers
 from .errors import StereograinError
 
 __all__ = [
@@ -1128,7 +1128,7 @@ def _run_tree(
     Gl = np.empty((len(Mu), 6))
     nt = _workers() if len(Mu) > 4096 else 1
     chunk = -(-len(Mu) // nt)
-    _in_threads(lambda w, k: _tables(Mu, A, H, Rtab, Gl, w * chunk, min(len(Mu), (w + 1) * chunk)), nt)
+    run_workers(lambda w, k: _tables(Mu, A, H, Rtab, Gl, w * chunk, min(len(Mu), (w + 1) * chunk)), nt)
     if X.shape[0] == 0:
         lz = 1 if flat else leaf_xy
         # leaf site v = (k * leaf + j) * leaf + i at offsets t from the leaf centre; q = q_c + T . coefficients
@@ -1158,7 +1158,7 @@ def _run_tree(
             orig, off, idx, sxy[lvl + 1], sz[lvl + 1], hxy[lvl + 1], hz[lvl + 1], nch, shp, sat, sdv,
             o, A, S, Mu, r, Rtab[lvl + 1], Gl, cnt, tmp, corig,
         )
-        _in_threads(lambda w, k: _refine_worker(w, k, *args), min(nw, nb))
+        run_workers(lambda w, k: _refine_worker(w, k, *args), min(nw, nb))
         keep, off, idx = _compact_children(tmp, off, cnt, nch)
         orig = corig[keep]
         lvl += 1
@@ -1193,7 +1193,7 @@ def _run_tree(
                 hz[lvl:], sat, sdv, X, bstart, o, A, S, Mu, r, Rl, Gl, T, T32, *scratch, screen, slab_w,
             )
 
-    _in_threads(job, min(nw, nslab))
+    run_workers(job, min(nw, nslab))
 
 
 def _leaf_mask(mask: np.ndarray, block: int, shape: tuple[int, ...], leaf: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -1228,15 +1228,6 @@ def _leaf_mask(mask: np.ndarray, block: int, shape: tuple[int, ...], leaf: int) 
 def _workers() -> int:
     """Threads for the labelling kernels: numba's thread count (``NUMBA_NUM_THREADS``)."""
     return max(1, numba.get_num_threads())
-
-
-def _in_threads(job, nw: int) -> None:
-    """Run ``job(w, nw)`` for ``w < nw`` on threads (the kernels release the GIL)."""
-    if nw <= 1:
-        job(0, 1)
-        return
-    with ThreadPoolExecutor(nw) as pool:
-        list(pool.map(lambda w: job(w, nw), range(nw)))
 
 
 def _check_shape(shape: tuple[int, ...], dims: tuple[int, ...], what: str) -> tuple[int, ...]:

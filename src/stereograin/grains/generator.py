@@ -39,6 +39,7 @@ import numba
 import numpy as np
 import torch
 
+from .._threads import run_all
 from ..errors import StereograinError
 from ..fit2d import D_FLOOR, D_MAX, R_RANGE
 from ..tessellation import _frame
@@ -226,7 +227,7 @@ def neighbour_features(
     def job(batch: tuple[int, int]) -> None:
         _run_features(grid, nz_s, g_s, kappa, batch[0], batch[1], None, 0, ones, feats, Q)
 
-    _k._run_batches(job, _k._cell_batches(grid, _k._batch_size(n, nw, 1 << 16)), nw)
+    run_all(job, _k._cell_batches(grid, _k._batch_size(n, nw, 1 << 16)), nw)
     return (feats, Q) if return_frames else feats
 
 
@@ -530,7 +531,7 @@ def sample_markers(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _k._run_batches(job, batches, nw)
+        run_all(job, batches, nw)
     finally:
         torch.set_num_threads(threads)
     return D, r, Q

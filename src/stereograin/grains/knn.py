@@ -45,7 +45,7 @@ lower index. The point itself is excluded by index, so a duplicate of ``p``
 
 Threads. The grid is built in the calling thread (a counting sort, a few
 percent of the time); queries run in batches of whole cells on a thread pool
-(:func:`_run_batches`, numba's thread count by default; the kernels release
+(:func:`stereograin._threads.run_all`, numba's thread count by default; the kernels release
 the GIL). Not ``numba.prange``: OpenMP workers spin for a while after each
 parallel region, and the generator alternates these kernels with torch's own
 OpenMP pool. The result does not depend on the number of threads.
@@ -61,15 +61,14 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numba
 import numpy as np
 
+from .._threads import run_all
 from ..errors import StereograinError
 
 __all__ = ["knn", "knn_grid", "CellGrid", "cell_grid", "POINTS_PER_CELL"]
@@ -576,37 +575,6 @@ def _cell_batches(grid: CellGrid, size: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if grid.start[b] > grid.start[a]]
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``workers`` threads, made once (idle threads cost nothing)."""
-    with _POOLS_LOCK:
-        pool = _POOLS.get(workers)
-        if pool is None:
-            pool = _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="stereograin-knn")
-        return pool
-
-
-def _run_batches(job: Callable[[tuple[int, int]], None], batches: list[tuple[int, int]], workers: int) -> None:
-    """``job(batch)`` for every batch on ``workers`` threads (the kernels release the GIL).
-
-    A thread pool rather than ``numba.prange``: OpenMP workers spin for a while
-    after each parallel region, and callers alternate these kernels with
-    torch's own OpenMP pool; two spinning pools on 2 cores made the generator
-    several times slower. Batches are handed out as threads free up, so a
-    busy core delays nothing but its own batch. Called from one of the pool's
-    own threads, the batches run in that thread (no nested waiting).
-    """
-    nw = max(1, min(int(workers), len(batches)))
-    if nw == 1 or threading.current_thread().name.startswith("stereograin-knn"):
-        for b in batches:
-            job(b)
-        return
-    list(_pool(nw).map(job, batches))
-
-
 def _batch_size(n: int, workers: int, largest: int) -> int:
     """About 4 batches per worker, between ``_MIN_BATCH`` and ``largest`` points."""
     return int(min(largest, max(_MIN_BATCH, -(-n // (4 * max(int(workers), 1))))))
@@ -636,7 +604,7 @@ def knn_grid(grid: CellGrid, k: int, workers: int | None = None) -> np.ndarray:
     def job(batch: tuple[int, int]) -> None:
         _knn_cells(grid.points, grid.start, grid.order, grid.origin, grid.h, gx, gy, gz, grid.slack, k, scale, batch[0], batch[1], out)
 
-    _run_batches(job, _cell_batches(grid, _batch_size(len(grid), nw, 1 << 16)), nw)
+    run_all(job, _cell_batches(grid, _batch_size(len(grid), nw, 1 << 16)), nw)
     return out
 
 
