@@ -19,16 +19,35 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
+def host_reference_ms() -> float:
+    """The host's speed now: best of 5 single-thread NumPy sorts of the same 2^20 doubles (ms).
+
+    A shared host's speed drifts by tens of per cent within an hour; two runs
+    whose references differ by as much are not comparable figure by figure.
+    """
+    import numpy as np
+
+    x = np.random.default_rng(0).random(1 << 20)
+    return 1e3 * best_of(lambda: np.sort(x, kind="quicksort"), 5)
+
+
 def machine() -> dict[str, object]:
-    """The machine, Python, and whether OPENBLAS_CORETYPE (older, slower BLAS kernels) is set."""
+    """The machine, Python, whether OPENBLAS_CORETYPE (older, slower BLAS kernels) is set, and the host's speed at the start."""
     coretype = os.environ.get("OPENBLAS_CORETYPE")
     print(f"OPENBLAS_CORETYPE is {'set to ' + coretype if coretype else 'not set'}", flush=True)
     return {
         "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
         "openblas_coretype": coretype or "unset",
+        "host_ref_ms_start": host_reference_ms(),
     }
 
 
 def print_figures(figures: dict[str, object]) -> None:
-    """The last line of every benchmark: its figures as one JSON object (4 significant digits)."""
+    """The last line of every benchmark: its figures as one JSON object (4 significant digits).
+
+    Adds ``host_ref_ms_end`` (:func:`host_reference_ms` now) when the figures
+    hold the start's reference.
+    """
+    if "host_ref_ms_start" in figures:
+        figures = {**figures, "host_ref_ms_end": host_reference_ms()}
     print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in figures.items()}))
