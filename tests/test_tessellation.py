@@ -117,6 +117,33 @@ def test_label_grid_mask_labels_only_masked_blocks(block):
     assert empty.shape == shape and not empty.any()
 
 
+@pytest.mark.parametrize("block", [1, 3, 4, 8])
+def test_label_grid_into_out_in_disjoint_parts_equals_the_whole(block):
+    g = random_gbpd(np.random.default_rng(12), 250, 3, 60.0, (0.3, 8.0))
+    shape = (23, 30, 37)
+    whole = g.label_grid(shape, origin=-3.0, spacing=1.7)
+    mask = np.random.default_rng(block).random(tuple(-(-s // block) for s in shape)) < 0.4
+    voxels = mask.repeat(block, 0).repeat(block, 1).repeat(block, 2)[: shape[0], : shape[1], : shape[2]]
+    out = np.full(shape, -7, np.int32)
+    assert g.label_grid(shape, origin=-3.0, spacing=1.7, mask=mask, mask_block=block, out=out) is out
+    np.testing.assert_array_equal(out[voxels], whole[voxels])
+    assert np.all(out[~voxels] == -7)  # the rest of ``out`` is kept, not cleared
+    g.label_grid(shape, origin=-3.0, spacing=1.7, mask=~mask, mask_block=block, out=out)
+    np.testing.assert_array_equal(out, whole)
+    again = np.full(shape, -7, np.int32)  # no mask: every voxel written
+    np.testing.assert_array_equal(g.label_grid(shape, origin=-3.0, spacing=1.7, out=again), whole)
+
+
+def test_label_grid_out_bad_input():
+    g = random_gbpd(np.random.default_rng(1), 20, 3, 10.0, (0.5, 2.0))
+    for bad in (np.zeros((10, 10, 10)), np.zeros((10, 10, 9), np.int32), np.zeros((10, 10, 20), np.int32)[:, :, ::2],
+                np.zeros((10, 10, 10), np.int32).view(), [0] * 1000):
+        if isinstance(bad, np.ndarray) and bad.dtype == np.int32 and bad.shape == (10, 10, 10) and bad.flags.c_contiguous:
+            bad.flags.writeable = False
+        with pytest.raises(StereograinError, match="out must be a writeable C-contiguous int32 array of shape"):
+            g.label_grid((10, 10, 10), out=bad)
+
+
 @pytest.mark.parametrize("n", [3, 12, 40])
 def test_few_large_cells_fill_whole_blocks_exactly(n):
     # blocks with a single surviving cell are filled without descending; masks must still hold

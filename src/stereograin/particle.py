@@ -75,6 +75,7 @@ import numba
 import numpy as np
 
 from . import __version__, sphere
+from ._scratch import scratch
 from .errors import StereograinError
 from .grains.model import GrainArchitecture, GrainModel
 from .io import read_json, write_json
@@ -104,6 +105,22 @@ _MAX_COARSE_VOXELS = 150_000_000
 _MASK_BLOCK = 4
 #: Icosphere level of the radius bound's grid (10242 directions).
 _BOUND_LEVEL = 5
+#: Largest assembly grid whose labels a thread keeps in its scratch buffer for the next particle (64 MiB).
+_KEEP_LABELS_BYTES = 1 << 26
+
+
+def _label_buffer(shape: tuple[int, ...], zero: bool) -> np.ndarray:
+    """An int32 array of ``shape`` for the assembly's labels, on this thread's reused buffer.
+
+    Fresh memory is slow to write the first time (:mod:`stereograin._scratch`;
+    a 10 um particle's labels alone are 20 MB), so the next particle writes
+    into the last one's buffer, up to :data:`_KEEP_LABELS_BYTES`. ``zero``:
+    cleared first (a masked labelling leaves the rest of the array as it is).
+    """
+    a = scratch("particle.labels", shape, np.int32, keep_bytes=_KEEP_LABELS_BYTES)
+    if zero:
+        a.fill(0)
+    return a
 
 
 @lru_cache(maxsize=4)
@@ -667,14 +684,14 @@ def assemble(
     grid: dict[str, Any] = {"origin": i0 * h, "spacing": h}
     zyx = tuple(int(v) for v in shape[::-1])
     if pad_px is None:
-        lab = arch.gbpd().label_grid(zyx, **grid)
+        lab = arch.gbpd().label_grid(zyx, out=_label_buffer(zyx, zero=False), **grid)
         counts, mean, lo, hi, open_ = cell_moments(lab, n)
         kept = _kept(coefficients, to_ct, radius_range, i0, h, counts, mean)
     else:
         start = float(pad_px if start_pad_px is None else start_pad_px)
         region, mask = _region_masks(coefficients, 1.0 / to_ct, i0, shape, h, (float(pad_px), start), radius_range)
         gbpd = arch.gbpd()
-        lab = gbpd.label_grid(zyx, mask=mask, mask_block=_MASK_BLOCK, **grid)
+        lab = gbpd.label_grid(zyx, mask=mask, mask_block=_MASK_BLOCK, out=_label_buffer(zyx, zero=True), **grid)
         while True:
             counts, mean, lo, hi, open_ = cell_moments(lab, n, mask, _MASK_BLOCK)
             kept = _kept(coefficients, to_ct, radius_range, i0, h, counts, mean)
@@ -682,7 +699,7 @@ def assemble(
             add = _blocks_around(lo[grow + 1], hi[grow + 1], mask.shape) & region & ~mask if grow.size else None
             if add is None or not add.any():
                 break
-            lab += gbpd.label_grid(zyx, mask=add, mask_block=_MASK_BLOCK, **grid)  # disjoint: 0 outside ``add``
+            gbpd.label_grid(zyx, mask=add, mask_block=_MASK_BLOCK, out=lab, **grid)  # the rest of ``lab`` is kept
             mask |= add
     if kept.size == 0:
         raise StereograinError("no grain's centre of mass lies inside the shell; the shell is smaller than one grain")

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from ._scratch import scratch
 from ._threads import run_workers
 from .errors import StereograinError
 
@@ -810,7 +811,7 @@ def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat,
 @numba.njit(cache=True, nogil=True)
 def _descend_worker(
     slabs, out_grid, out_pts, torig, toff, tidx, sstart, sizes, sizesz, hxy, hz, sat, sdv, X, bstart,
-    o, A, S, Mu, r, Rtab, Gl, T, T32, ids, soa, work, iwork, b32, l32, slab, screen, slab_w,
+    o, A, S, Mu, r, Rtab, Gl, T, T32, ids, soa, work, iwork, b32, l32, slab, screen, slab_w, keep_out,
 ):  # pragma: no cover - compiled
     """Depth-first from the task blocks down to the leaves, for the slabs ``slabs``.
 
@@ -856,8 +857,19 @@ def _descend_worker(
         sl_ = slabs[si]
         tx0 = (torig[sstart[sl_], 0] // sxp) * sxp
         ty0, tz0 = torig[sstart[sl_], 1], torig[sstart[sl_], 2]
+        ex = min(sxp, shape_x - tx0)
+        ey = min(sy, shape_y - ty0)
+        ez = min(sizesz[0], shape_z - tz0)
         if use_sat and not points_mode:
-            slab[:] = 0  # skipped (masked-out) leaves stay 0
+            if keep_out:  # skipped (masked-out) leaves keep the output's values
+                for k in range(ez):
+                    for j in range(ey):
+                        dst = ((tz0 + k) * shape_y + ty0 + j) * shape_x + tx0
+                        src = (k * sy + j) * sxp
+                        for i in range(ex):
+                            slab[np.uint64(src + i)] = of[np.uint64(dst + i)]
+            else:
+                slab[:] = 0  # skipped (masked-out) leaves stay 0
         for t0 in range(sstart[sl_], sstart[sl_ + 1]):
             p0 = toff[t0]
             pn = toff[t0 + 1] - p0
@@ -917,9 +929,6 @@ def _descend_worker(
                     org[lev, 1] = iy
                     org[lev, 2] = iz
         if not points_mode:
-            ex = min(sxp, shape_x - tx0)
-            ey = min(sy, shape_y - ty0)
-            ez = min(sizesz[0], shape_z - tz0)
             for k in range(ez):
                 for j in range(ey):
                     dst = ((tz0 + k) * shape_y + ty0 + j) * shape_x + tx0
@@ -1111,13 +1120,14 @@ def _run_tree(
     bstart: np.ndarray,
     sat: np.ndarray,
     sdv: int = 1,
+    keep_out: bool = False,
 ) -> None:
     """Label the lattice ``o + i A[0] + j A[1] + k A[2]`` over ``shape3 = (nz, ny, nx)`` (see the engine notes).
 
     ``sat`` (a summed-volume table, or ``(1, 1, 1)`` for none) skips empty
     blocks: of points per bucket in points mode (``X`` non-empty), or of
     masked leaves (buckets of ``sdv`` sites a side) in lattice mode, where the
-    skipped sites are left 0.
+    skipped sites are left 0 (``keep_out``: as they are in ``out_grid``).
     """
     flat = shape3[0] == 1
     sxy, sz = _level_sizes(shape3, leaf_xy, flat)
@@ -1183,14 +1193,18 @@ def _run_tree(
     counter = itertools.count()
 
     def job(w: int, k: int) -> None:
-        scratch = (
-            np.empty((nl, cap), np.int32), np.zeros((nl, _NF, cap + 16)), np.empty((8, cap + 16)), np.empty((2, cap), np.int64),
-            np.empty((5, nv), np.float32), np.empty((2, nv), np.int32), np.empty(slab_len, np.int32),
+        # this thread's work arrays, kept between calls (stereograin._scratch: fresh pages are slow)
+        soa = scratch("tessellation.soa", (nl, _NF, cap + 16))
+        soa.fill(0.0)  # the vector loops' padding columns must hold finite values
+        work = (
+            scratch("tessellation.ids", (nl, cap), np.int32), soa, scratch("tessellation.work", (8, cap + 16)),
+            scratch("tessellation.iwork", (2, cap), np.int64), scratch("tessellation.b32", (5, nv), np.float32),
+            scratch("tessellation.l32", (2, nv), np.int32), scratch("tessellation.slab", (slab_len,), np.int32),
         )
         while (i := next(counter)) < nslab:
             _descend_worker(
                 np.array([i], np.int64), out_grid, out_pts, orig, off, idx, sstart, sxy[lvl:], sz[lvl:], hxy[lvl:],
-                hz[lvl:], sat, sdv, X, bstart, o, A, S, Mu, r, Rl, Gl, T, T32, *scratch, screen, slab_w,
+                hz[lvl:], sat, sdv, X, bstart, o, A, S, Mu, r, Rl, Gl, T, T32, *work, screen, slab_w, keep_out,
             )
 
     run_workers(job, min(nw, nslab))
@@ -1397,6 +1411,7 @@ class GBPD:
         spacing: float = 1.0,
         mask: np.ndarray | None = None,
         mask_block: int = 1,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Exact labels of a regular grid, equal to ``label_points_bruteforce(grid_points(...))``.
 
@@ -1417,12 +1432,17 @@ class GBPD:
             then cleared.
         mask_block : int
             Voxels per mask entry along each axis (>= 1).
+        out : int32 array of ``shape``, optional
+            C-contiguous array to write the labels into instead of a new one.
+            With a mask, its values outside the mask are kept, so a grid can
+            be labelled in disjoint parts (or a buffer reused without the cost
+            of fresh memory).
 
         Returns
         -------
         int32 array of ``shape``
-            Labels ``1..n`` (0 where masked out); point ``[k, j, i]`` is at
-            ``origin + spacing * (i, j, k)``.
+            Labels ``1..n`` (0 where masked out, or ``out``'s values); point
+            ``[k, j, i]`` is at ``origin + spacing * (i, j, k)``. ``out`` if given.
         """
         d = self.dim
         shp = _check_shape(shape, (d,), "grid")
@@ -1435,25 +1455,34 @@ class GBPD:
         shape3 = (1, *shp) if d == 2 else shp
         flat = shape3[0] == 1
         leaf = _LEAF_2D if flat else _LEAF_3D
+        given = out
+        if given is not None:
+            if not (isinstance(given, np.ndarray) and given.dtype == np.int32 and given.shape == shp
+                    and given.flags.c_contiguous and given.flags.writeable):
+                what = f"{given.dtype} {given.shape}" if isinstance(given, np.ndarray) else type(given).__name__
+                raise StereograinError(f"out must be a writeable C-contiguous int32 array of shape {shp}, got {what}")
         S, Mu, r = _padded(self)
         sat, sdv, full = np.zeros((1, 1, 1), np.int64), 1, None
         if mask is not None:
             leaf_mask, full = _leaf_mask(mask, mask_block, shp, leaf)
-            out = np.zeros(shape3, np.int32)
+            if full is not None and given is not None:  # partial leaves: label apart, then copy the voxels in the mask
+                np.copyto(given, self.label_grid(shp, origin, spacing, mask, mask_block), where=full.reshape(shp))
+                return given
+            grid = np.zeros(shape3, np.int32) if given is None else given.reshape(shape3)
             if not leaf_mask.any():
-                return out.reshape(shp)
+                return grid.reshape(shp) if given is None else given
             sat = np.zeros(tuple(s + 1 for s in leaf_mask.shape), np.int64)
             sat[1:, 1:, 1:] = leaf_mask.cumsum(0).cumsum(1).cumsum(2)
             sdv = leaf
         else:
-            out = np.empty(shape3, np.int32)
+            grid = np.empty(shape3, np.int32) if given is None else given.reshape(shape3)
         _run_tree(
             S, Mu, r, o, A, shape3, leaf, 0.0,
-            out, np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros(1, np.int64), sat, sdv,
+            grid, np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros(1, np.int64), sat, sdv, keep_out=given is not None,
         )
         if full is not None:
-            out[~full] = 0
-        return out.reshape(shp)
+            grid[~full] = 0
+        return grid.reshape(shp) if given is None else given
 
     def label_plane(
         self,

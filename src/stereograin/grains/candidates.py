@@ -116,11 +116,11 @@ reach makes every list long.
 from __future__ import annotations
 
 import math
-import threading
 
 import numba
 import numpy as np
 
+from .._scratch import scratch
 from ..errors import StereograinError
 
 __all__ = ["exact_candidates", "bruteforce_candidates"]
@@ -1027,19 +1027,9 @@ def _check(points, seeds, metrics, offsets, k, lambda_min):
     return x, s, M, r, k, lam
 
 
-_TLS = threading.local()
-
-
 def _buf(name: str, shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
-    """A scratch array kept between calls of this thread (freshly mapped pages are slow to touch)."""
-    cache = getattr(_TLS, "bufs", None)
-    if cache is None:
-        cache = _TLS.bufs = {}
-    size = math.prod(shape)
-    a = cache.get(name)
-    if a is None or a.dtype != dtype or a.size < size:
-        a = cache[name] = np.empty(max(size, 1), dtype)
-    return a[:size].reshape(shape)
+    """This thread's scratch array ``name`` (:func:`stereograin._scratch.scratch`)."""
+    return scratch("candidates." + name, shape, dtype)
 
 
 def exact_candidates(
