@@ -32,6 +32,11 @@ Figures (wall clock):
   law has a heavy tail (one particle in a hundred has about 9 times the mean
   grain count), so the rate of a few dozen particles swings with the few
   large ones drawn: the full run makes 120.
+* ``library_particle_cpu_s_1t``: CPU seconds per particle of particles
+  1..119 (1..11 with ``--quick``) of the same seed-0 analytic library, made one
+  by one in this process on one thread (a worker's own cost); ``library_1000_cpu_min_2w``
+  is 1,000 of them on two cores, start-up left out. CPU time moves a few per
+  cent between runs on a shared host, the wall-clock rates tens of per cent.
 
 The host may be shared: ``load_avg_1min`` is the load when the run started.
 Prints progress lines, then one JSON line with the figures (last line).
@@ -141,9 +146,41 @@ def bench_library(quick: bool) -> dict[str, float]:
         out["library_steady_particles_per_s_2w"] = steady
         out["library_startup_s_2w"] = float(done[0] - t0)
         out["library_1000_min_2w"] = (out["library_startup_s_2w"] + 999 / steady) / 60.0
+        out.update(_library_cpu(root / "cpu", n - 1))  # the same particles as the libraries above
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return out
+
+
+def _library_cpu(folder: Path, n: int) -> dict[str, float]:
+    """CPU seconds per library particle on one thread: particles 1..n of a seed-0 analytic library, one by one.
+
+    A worker's own cost, without start-up or scheduling, and much less moved by
+    the host's neighbours than the wall-clock rates (a few per cent between
+    runs against tens of per cent).
+    """
+    import numba
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from stereograin.library import LibraryConfig, generate_library, make_library_particle
+
+    print(f"{n} library particles one by one on one thread (CPU time) ...", flush=True)
+    cfg = LibraryConfig(0, "analytic")
+    generate_library(folder, 1, cfg, *_models(), workers=1, progress=False)  # the folder, its models, particle 0
+    threads = (numba.get_num_threads(), torch.get_num_threads())
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            t = time.process_time()
+            for i in range(1, n + 1):
+                make_library_particle(folder, i, cfg)
+            cpu = (time.process_time() - t) / n
+    finally:
+        numba.set_num_threads(threads[0])
+        torch.set_num_threads(threads[1])
+    return {"library_particle_cpu_s_1t": cpu, "library_1000_cpu_min_2w": 1000 * cpu / 2 / 60.0}
 
 
 def main() -> None:
