@@ -35,8 +35,8 @@ Figures (wall clock):
 * ``library_particle_cpu_s_1t``: CPU seconds per particle of particles
   1..119 (1..11 with ``--quick``) of the same seed-0 analytic library, made one
   by one in this process on one thread (a worker's own cost); ``library_1000_cpu_min_2w``
-  is 1,000 of them on two cores, start-up left out. CPU time moves a few per
-  cent between runs on a shared host, the wall-clock rates tens of per cent.
+  is 1,000 of them on two cores, start-up and scheduling left out (CPU time
+  still moves with a shared host's load: 0.31-0.42 s in eight runs here).
 
 The host may be shared: ``load_avg_1min`` is the load when the run started.
 Prints progress lines, then one JSON line with the figures (last line).
@@ -155,9 +155,8 @@ def bench_library(quick: bool) -> dict[str, float]:
 def _library_cpu(folder: Path, n: int) -> dict[str, float]:
     """CPU seconds per library particle on one thread: particles 1..n of a seed-0 analytic library, one by one.
 
-    A worker's own cost, without start-up or scheduling, and much less moved by
-    the host's neighbours than the wall-clock rates (a few per cent between
-    runs against tens of per cent).
+    A worker's own cost, without start-up or scheduling (the host's load still
+    moves it: slower cores take more CPU time for the same work).
     """
     import numba
     import torch
