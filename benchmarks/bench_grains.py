@@ -86,7 +86,7 @@ def bench_sampling(quick: bool) -> dict[str, float]:
 
     import torch
 
-    from stereograin._threads import run_all
+    from stereograin._threads import default_workers, run_all
     from stereograin.grains import generator as G
     from stereograin.grains import knn as K
     from stereograin.grains.seeds import MU_1, poisson_seeds
@@ -96,7 +96,7 @@ def bench_sampling(quick: bool) -> dict[str, float]:
     net = G.MarkerNet()
     batch = _seed_batch(n_balls, BALL_RADIUS)
     n = sum(len(s) for s in batch)
-    nw = K._workers_default()
+    nw = default_workers()
     G.sample_markers(net, batch[0])  # compile / load the kernels
     K.knn(batch[0].positions, 12)
 

@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["in_pool_thread", "run_all", "run_workers"]
+import numba
+
+__all__ = ["default_workers", "in_pool_thread", "run_all", "run_workers"]
 
 T = TypeVar("T")
 
@@ -36,6 +38,14 @@ def _forget_pools() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pools)
+
+
+def default_workers() -> int:
+    """Threads the compiled kernels use by default: numba's thread count (``NUMBA_NUM_THREADS``)."""
+    try:
+        return max(1, numba.get_num_threads())
+    except Exception:  # pragma: no cover - numba without a threading layer
+        return os.cpu_count() or 1
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -58,6 +57,7 @@ from scipy.spatial import ConvexHull, QhullError
 from threadpoolctl import threadpool_limits
 
 from . import sphere
+from ._threads import default_workers
 from .errors import StereograinError
 
 __all__ = [
@@ -164,13 +164,6 @@ def _basis32(L: int, level: int) -> np.ndarray:
     return B
 
 
-def _workers() -> int:
-    try:
-        return max(1, numba.get_num_threads())
-    except Exception:  # pragma: no cover - numba without a threading layer
-        return os.cpu_count() or 1
-
-
 def _run_chunks(
     n: int,
     chunk: int,
@@ -199,7 +192,7 @@ def _run_chunks(
             bar.update(e - s)
 
     try:
-        workers = min(_workers(), len(starts))
+        workers = min(default_workers(), len(starts))
         if workers <= 1:
             for s in starts:
                 run(s)

@@ -76,6 +76,7 @@ import numpy as np
 
 from . import __version__, sphere
 from ._scratch import scratch
+from ._threads import default_workers, run_workers
 from .errors import StereograinError
 from .grains.model import GrainArchitecture, GrainModel
 from .io import read_json, write_json
@@ -318,9 +319,6 @@ def cell_moments(
         Label ``c`` has a voxel on the grid's faces or next to (6-neighbour) a
         0 voxel: the grid may not hold its whole cell. ``open_[0]`` is False.
     """
-    from ._threads import run_workers
-    from .tessellation import _workers
-
     lab = np.ascontiguousarray(labels)
     if lab.ndim != 3:
         raise StereograinError(f"labels must be a 3D (Z, Y, X) array, got shape {lab.shape}")
@@ -337,7 +335,7 @@ def cell_moments(
         first = np.argmax(m, axis=2)
         last = m.shape[2] - 1 - np.argmax(m[:, :, ::-1], axis=2)
         xr = np.stack([np.where(anyx, first * b, 0), np.where(anyx, np.minimum((last + 1) * b, X), 0)], axis=-1).astype(np.int64)
-    nw = min(_workers(), lab.shape[0]) if lab.size >= _MOMENTS_PARALLEL_VOXELS else 1
+    nw = min(default_workers(), lab.shape[0]) if lab.size >= _MOMENTS_PARALLEL_VOXELS else 1
     cnt = np.zeros((nw, n + 1), np.int64)
     sums = np.zeros((nw, n + 1, 3), np.int64)
     lo = np.full((nw, n + 1, 3), np.iinfo(np.int64).max, np.int64)

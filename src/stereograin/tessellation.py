@@ -42,7 +42,7 @@ import numba
 import numpy as np
 
 from ._scratch import scratch
-from ._threads import run_workers
+from ._threads import default_workers, run_workers
 from .errors import StereograinError
 
 __all__ = [
@@ -862,12 +862,7 @@ def _descend_worker(
         ez = min(sizesz[0], shape_z - tz0)
         if use_sat and not points_mode:
             if keep_out:  # skipped (masked-out) leaves keep the output's values
-                for k in range(ez):
-                    for j in range(ey):
-                        dst = ((tz0 + k) * shape_y + ty0 + j) * shape_x + tx0
-                        src = (k * sy + j) * sxp
-                        for i in range(ex):
-                            slab[np.uint64(src + i)] = of[np.uint64(dst + i)]
+                _slab_rows(slab, of, tz0, ty0, tx0, ez, ey, ex, sy, sxp, shape_y, shape_x, False)
             else:
                 slab[:] = 0  # skipped (masked-out) leaves stay 0
         for t0 in range(sstart[sl_], sstart[sl_ + 1]):
@@ -929,12 +924,22 @@ def _descend_worker(
                     org[lev, 1] = iy
                     org[lev, 2] = iz
         if not points_mode:
-            for k in range(ez):
-                for j in range(ey):
-                    dst = ((tz0 + k) * shape_y + ty0 + j) * shape_x + tx0
-                    src = (k * sy + j) * sxp
-                    for i in range(ex):
-                        of[np.uint64(dst + i)] = slab[np.uint64(src + i)]  # unsigned: no wraparound test
+            _slab_rows(slab, of, tz0, ty0, tx0, ez, ey, ex, sy, sxp, shape_y, shape_x, True)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _slab_rows(slab, of, tz0, ty0, tx0, ez, ey, ex, sy, sxp, shape_y, shape_x, to_out):  # pragma: no cover - compiled
+    """Copy a slab's ``ez x ey x ex`` sites to the flat output ``of`` (``to_out``) or from it."""
+    for k in range(ez):
+        for j in range(ey):
+            dst = ((tz0 + k) * shape_y + ty0 + j) * shape_x + tx0
+            src = (k * sy + j) * sxp
+            if to_out:
+                for i in range(ex):
+                    of[np.uint64(dst + i)] = slab[np.uint64(src + i)]  # unsigned: no wraparound test
+            else:
+                for i in range(ex):
+                    slab[np.uint64(src + i)] = of[np.uint64(dst + i)]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1136,7 +1141,7 @@ def _run_tree(
     H = np.stack([hxy, hxy, hz], axis=1)
     Rtab = np.empty((len(H), len(Mu)))
     Gl = np.empty((len(Mu), 6))
-    nt = _workers() if len(Mu) > 4096 else 1
+    nt = default_workers() if len(Mu) > 4096 else 1
     chunk = -(-len(Mu) // nt)
     run_workers(lambda w, k: _tables(Mu, A, H, Rtab, Gl, w * chunk, min(len(Mu), (w + 1) * chunk)), nt)
     if X.shape[0] == 0:
@@ -1156,7 +1161,7 @@ def _run_tree(
     orig = np.zeros((1, 3), np.int64)
     off = np.array([0, len(S)], np.int64)
     idx = np.arange(len(S), dtype=np.int32)
-    nw = _workers()
+    nw = default_workers()
     lvl = 0
     while lvl + 2 < len(sxy) and (sxy[lvl] > _TASK or len(orig) < 4 * nw):
         nch = 8 if sz[lvl] > sz[lvl + 1] else 4
@@ -1237,11 +1242,6 @@ def _leaf_mask(mask: np.ndarray, block: int, shape: tuple[int, ...], leaf: int) 
     pad[: shape[0], : shape[1], : shape[2]] = full
     lm = pad.reshape(nl[0], leaf, nl[1], leaf, nl[2], leaf).any(axis=(1, 3, 5))
     return lm, full
-
-
-def _workers() -> int:
-    """Threads for the labelling kernels: numba's thread count (``NUMBA_NUM_THREADS``)."""
-    return max(1, numba.get_num_threads())
 
 
 def _check_shape(shape: tuple[int, ...], dims: tuple[int, ...], what: str) -> tuple[int, ...]:

@@ -432,12 +432,11 @@ def to_nchw(img: torch.Tensor) -> torch.Tensor:
     return img.permute(0, 3, 1, 2)
 
 
-def _segment_ids(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _segment_ids(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Number the distinct cells of each cutout ``0..U_b - 1`` (by increasing cell id).
 
-    ``cells`` (B, ...) int64. Returns ``local`` (same shape), ``uniq_cell`` and
-    ``uniq_cutout`` (U,) of every distinct (cutout, cell) pair in order, and
-    ``counts`` (U,) of their occurrences.
+    ``cells`` (B, ...) int64. Returns ``local`` (same shape) and the cutout
+    ``uniq_cutout`` (U,) of every distinct (cutout, cell) pair, in order.
     """
     B = cells.shape[0]
     rows = np.arange(B, dtype=np.int64).reshape((B,) + (1,) * (cells.ndim - 1))
@@ -454,13 +453,12 @@ def _segment_ids(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
         uniq = np.flatnonzero(present)
         first = np.searchsorted(uniq, np.arange(B, dtype=np.int64) * N)
         local = (rank[key].reshape(cells.shape) - first.reshape(rows.shape)).astype(np.int64)
-        return local, uniq % N + base.reshape(-1)[uniq // N], uniq // N, counts_all[uniq]
+        return local, uniq // N
     key = (rows * N + cells).reshape(-1)
-    uniq, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
-    uniq_cutout = uniq // N
+    uniq, inv = np.unique(key, return_inverse=True)
     first = np.searchsorted(uniq, np.arange(B, dtype=np.int64) * N)
     local = (inv.reshape(cells.shape) - first.reshape(rows.shape)).astype(np.int64)
-    return local, uniq % N + base.reshape(-1)[uniq_cutout], uniq_cutout, counts
+    return local, uniq // N
 
 
 def soft_cutouts(
@@ -502,7 +500,7 @@ def soft_cutouts(
     x = torch.as_tensor(points.reshape(B * P, -1), dtype=M.dtype, device=dev)
     k = candidates.shape[-1]
     soft = soft_map(x, seeds, M, r, temperature, candidates=glob.reshape(B * P, k)).reshape(B, P, k)
-    local_np, _, uniq_cutout, _ = _segment_ids(candidates)
+    local_np, uniq_cutout = _segment_ids(candidates)
     n_max = int(np.bincount(uniq_cutout, minlength=B).max())
     local = torch.as_tensor(local_np, device=dev)
     # channel sums per (cutout, cell), cells numbered within their cutout

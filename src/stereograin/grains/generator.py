@@ -39,7 +39,7 @@ import numba
 import numpy as np
 import torch
 
-from .._threads import run_all
+from .._threads import default_workers, run_all
 from ..errors import StereograinError
 from ..fit2d import D_FLOOR, D_MAX, R_RANGE
 from ..tessellation import _frame
@@ -222,7 +222,7 @@ def neighbour_features(
     feats = np.empty((n, N_FEATURES_PER_NEIGHBOUR * kappa), np.float64)
     Q = np.empty((n, 3, 3), np.float64)
     ones = np.ones(N_FEATURES_PER_NEIGHBOUR * kappa, np.float64)
-    nw = _k._workers_default()
+    nw = default_workers()
 
     def job(batch: tuple[int, int]) -> None:
         _run_features(grid, nz_s, g_s, kappa, batch[0], batch[1], None, 0, ones, feats, Q)
@@ -467,7 +467,7 @@ def sample_markers(
     nf = N_FEATURES_PER_NEIGHBOUR * kappa
     if net.in_scale.shape[0] != nf:
         raise StereograinError(f"net expects {net.in_scale.shape[0]} inputs, but kappa = {kappa} gives {nf}")
-    nw = _k._workers_default() if workers is None else int(workers)
+    nw = default_workers() if workers is None else int(workers)
     grid = _k.cell_grid(s)  # raises for NaN / infinite positions
     nz_s, g_s = _gather_marks(grid.order, nz, g)
     if need is None:

@@ -60,14 +60,13 @@ grid cannot split them.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numba
 import numpy as np
 
-from .._threads import run_all
+from .._threads import default_workers, run_all
 from ..errors import StereograinError
 
 __all__ = ["knn", "knn_grid", "CellGrid", "cell_grid", "POINTS_PER_CELL"]
@@ -558,14 +557,6 @@ def _knn_cells(gp, start, order, origin, h, gx, gy, gz, slack, k, scale, c_lo, c
                 out[o, r] = order[nbr[r]]
 
 
-def _workers_default() -> int:
-    """Threads the grid kernels use by default: numba's thread count."""
-    try:
-        return max(1, numba.get_num_threads())
-    except Exception:  # pragma: no cover - numba without a threading layer
-        return os.cpu_count() or 1
-
-
 def _cell_batches(grid: CellGrid, size: int) -> list[tuple[int, int]]:
     """Ranges of whole cells ``[c_lo, c_hi)`` holding about ``size`` points each (none empty)."""
     n = len(grid)
@@ -593,7 +584,7 @@ def knn_grid(grid: CellGrid, k: int, workers: int | None = None) -> np.ndarray:
     k = int(k)
     if not 1 <= k < len(grid):
         raise StereograinError(f"need 1 <= k < n = {len(grid)}, got k = {k}")
-    nw = _workers_default() if workers is None else int(workers)
+    nw = default_workers() if workers is None else int(workers)
     if nw < 1:
         raise StereograinError(f"workers must be at least 1, got {workers!r}")
     out = np.empty((len(grid), k), np.int64)
