@@ -150,7 +150,11 @@ def test_label_cutouts_equals_brute_force(d: int) -> None:
     r = rng.uniform(1, 10, end[-1])
     pts = rng.uniform(-40, 40, (B, P, d))
     pts[0, :10] = seeds[start[0] : start[0] + 10]  # points on seeds
+    twin = start[1] + 5  # a cell twice (same seed and markers): exact ties, which go to the lower index
+    seeds[twin + 1], M[twin + 1], r[twin + 1] = seeds[twin], M[twin], r[twin]
+    pts[1, :10] = seeds[twin] + rng.uniform(-0.5, 0.5, (10, d))
     got = label_cutouts(pts, seeds, M, r, start, end)
+    assert not np.any(got[1] == twin + 1)
     for b in range(B):
         sl = slice(start[b], end[b])
         ref = GBPD(seeds[sl], M[sl], r[sl]).label_points_bruteforce(pts[b]) - 1 + start[b]
@@ -166,6 +170,19 @@ def test_label_cutouts_equals_brute_force(d: int) -> None:
             np.testing.assert_array_equal(got[b], ref)
     with pytest.raises(StereograinError):
         label_cutouts(pts, seeds, M, r, start, start)
+
+
+def test_segment_ids_number_each_cutouts_cells_in_increasing_id() -> None:
+    from stereograin.grains.cutouts import _segment_ids
+
+    rng = np.random.default_rng(3)
+    for n_cells in (40, 3000, 10**9):  # dense ranges and a sparse one (the sorting branch)
+        cells = rng.integers(0, n_cells, (5, 64, 4)) + np.arange(5)[:, None, None] * n_cells
+        local, counts = _segment_ids(cells)
+        for b in range(5):
+            uniq, inv = np.unique(cells[b], return_inverse=True)
+            np.testing.assert_array_equal(local[b].ravel(), inv.ravel())
+            assert counts[b] == len(uniq)
 
 
 def test_cutout_grids_of_many_offsets_equal_one_at_a_time() -> None:
