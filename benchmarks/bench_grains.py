@@ -31,7 +31,10 @@ Figures (seconds per grain, best of a few repeats, wall clock):
 
 Training: ``train_steps_per_s`` (one generator step of 64 cutouts and one
 discriminator step of 128 + 128 cutouts, the paper's batch sizes, CPU),
-``train_step_s`` and ``paper_schedule_min`` (200 x 100 steps at that rate).
+``train_step_s`` and ``paper_schedule_min`` (200 x 100 steps at that rate);
+``step_patterns_ms``, ``step_candidates_ms``, ``step_discriminator_ms`` and
+``step_data_cutouts_ms``: the step's main parts timed one at a time
+(``_step_parts``).
 
 The host may be shared: ``load_avg_1min`` is the load when the run started.
 
@@ -242,11 +245,73 @@ def bench_training(quick: bool) -> dict[str, float]:
     for _ in range(n):
         train_step(G, D, opt_g, opt_d, secs, cfg, cfg.mu_1, rng)
     per_step = (time.perf_counter() - t) / n
+    print("the step's parts, one at a time ...", flush=True)
     return {
         "train_steps_per_s": 1.0 / per_step,
         "train_step_s": per_step,
         "paper_schedule_min": 200 * 100 * per_step / 60.0,
         "torch_threads": float(torch.get_num_threads()),
+        **_step_parts(G, D, secs, cfg, 2 if quick else 5),
+    }
+
+
+def _step_parts(G, D, table, cfg, repeats: int) -> dict[str, float]:
+    """What one training step's parts cost, each timed alone at the step's sizes (ms, best of ``repeats``).
+
+    * ``step_patterns_ms``: drawing the step's 6 seed patterns (2 for the
+      generator's 64 cutouts, 4 for the discriminator's 128; about 16,000
+      seeds each) with every seed's neighbours, frame and markers.
+    * ``step_candidates_ms``: their exact candidates (16 per pixel for the
+      generator's cutouts, the winner for the discriminator's).
+    * ``step_discriminator_ms``: the discriminator's step (forward and
+      backward on 128 + 128 one-hot cutouts) and the generator step's pass
+      through it (forward and backward to its 64 soft cutouts).
+    * ``step_data_cutouts_ms``: the 128 augmented data cutouts, labelled exactly.
+
+    The rest of a step (soft maps, the generator's markers with gradients,
+    one-hot images, Adam) is ``train_step_s`` minus their sum. A step of
+    0.09 s (30 minutes for the paper's schedule) would have to fit all of it.
+    """
+    import torch
+
+    from stereograin.grains.candidates import exact_candidates
+    from stereograin.grains.cutouts import CUTOUT
+    from stereograin.grains.training import _pattern_sizes, _real_onehot, _realisation
+
+    rng = np.random.default_rng(1)
+    sizes = _pattern_sizes(cfg.batch_g, cfg) + _pattern_sizes(cfg.batch_d, cfg)
+    n_g = len(_pattern_sizes(cfg.batch_g, cfg))
+    reals: list = []
+
+    def patterns() -> None:
+        reals[:] = [_realisation(G, cfg, cfg.mu_1, m, rng) for m in sizes]
+
+    def candidates() -> None:
+        for i, re in enumerate(reals):
+            k = cfg.candidates if i < n_g else 1
+            exact_candidates(re.points.reshape(-1, 3), re.positions, re.M, re.r, k)
+
+    onehot = torch.zeros(2 * cfg.batch_d, cfg.keep, CUTOUT, CUTOUT)
+    onehot.scatter_(1, torch.randint(0, cfg.keep, (2 * cfg.batch_d, 1, CUTOUT, CUTOUT)), 1.0)
+    soft = torch.rand(cfg.batch_g, cfg.keep, CUTOUT, CUTOUT, requires_grad=True)
+
+    def discriminator() -> None:  # as train_step: the generator's backward pass also fills D's gradients
+        D.eval()
+        ((D(soft) - 1.0) ** 2).mean().backward()
+        soft.grad = None
+        D.train()
+        D.zero_grad(set_to_none=True)
+        out = D(onehot)
+        ((out[: cfg.batch_d] - 1.0) ** 2).mean().add((out[cfg.batch_d :] ** 2).mean()).backward()
+        D.zero_grad(set_to_none=True)
+
+    def data_cutouts() -> None:
+        _real_onehot(table, cfg, cfg.batch_d, rng)
+
+    return {
+        f"step_{name}_ms": 1e3 * best_of(fn, repeats)
+        for name, fn in (("patterns", patterns), ("candidates", candidates), ("discriminator", discriminator),
+                         ("data_cutouts", data_cutouts))
     }
 
 
