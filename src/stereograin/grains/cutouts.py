@@ -147,9 +147,11 @@ def _label_cutouts(points, seeds, M, r, lam, mu_max, start, end, groups, out):  
 
     Safe pruning: with ``c`` and ``rho`` the centre and radius of the cutout's
     bounding sphere, ``|x - s_j|_{M_j} >= sqrt(lam_j) |x - s_j| >= sqrt(lam_j) (|s_j - c| - rho)``
-    for every point ``x`` of the cutout; ``U`` = the largest best cost over the
-    points among the seeds near ``c`` bounds every point's true best cost from
-    above, so a seed whose lower bound exceeds ``U`` wins no point. The rest
+    for every point ``x`` of the cutout. ``U``, the largest over the point
+    groups of the least upper bound ``|c_g - s_j|_{M_j} + sqrt(mu_max_j) rho_g - r_j``
+    among the seeds near ``c`` (``c_g``, ``rho_g``: the group's sphere), bounds
+    every point's true best cost from above, so a seed whose lower bound
+    exceeds ``U`` wins no point. The rest
     (the pool) get a lower bound again for each group of points (``groups``:
     rows of point indices, e.g. 8 x 8 blocks of a 32 x 32 cutout, whose
     smaller spheres give tighter bounds; the larger of the bound above and
@@ -194,8 +196,9 @@ def _label_cutouts(points, seeds, M, r, lam, mu_max, start, end, groups, out):  
                 near[cnt] = s0 + j
                 cnt += 1
         # U: per group of points, the least over the near seeds of an upper bound of the seed's cost
-        # on the group's sphere (|x - s_j|_M <= |c_g - s_j|_M + sqrt(mu_max_j) rho_g); the largest over
-        # the groups bounds every point's best cost (a few hundred evaluations, not P x cnt)
+        # on the group's sphere (|x - s_j|_M <= |c_g - s_j|_M + sqrt(mu_max_j) rho_g, M_j's norm being
+        # at most sqrt(mu_max_j) times the Euclidean); the largest over the groups bounds every
+        # point's best cost (a few hundred evaluations, not P x cnt)
         U = -np.inf
         cg = np.zeros(d)
         for g in range(groups.shape[0]):
@@ -480,9 +483,10 @@ def to_nchw(img: torch.Tensor) -> torch.Tensor:
 @numba.njit(cache=True, nogil=True)
 def _number_cells(cells, local, counts):  # pragma: no cover - compiled
     # Per cutout: a dense table over its cell range (one realisation's cells, a few thousand;
-    # a sort where the range is sparse) marks the present cells, a scan numbers them in increasing id, a gather writes each
-    # entry's number. About 20 us per cutout of 16,384 entries; NumPy's passes over the whole
-    # batch (a (B, cell range) count table, its cumulative sum and gathers) took ~16 ms per 64.
+    # a sort where the range is sparse) marks the present cells, a scan numbers them in
+    # increasing id, a gather writes each entry's number. About 20 us per cutout of 16,384
+    # entries; NumPy's passes over the whole batch (a (B, cell range) count table, its
+    # cumulative sum and gathers) took ~16 ms per 64.
     B, E = cells.shape
     table = np.empty(0, np.int64)
     for b in range(B):
