@@ -44,7 +44,11 @@ def grain_orientations(
 
     n = int(labels.max())
     if grain_rotations is None:
-        grain_rotations = Rotation.random(n + 1).data
+        # from ``rng``: orix's Rotation.random is not seeded, so two neighbouring grains could
+        # come out less than 5 degrees apart (a few runs in a thousand) and merge, failing the
+        # reader tests by chance. Uniform on SO(3): normalised 4D Gaussians
+        q = rng.normal(size=(n + 1, 4))
+        grain_rotations = q / np.linalg.norm(q, axis=1, keepdims=True)
     g = Rotation(np.asarray(grain_rotations)[labels.ravel()])
     axes = rng.normal(size=(labels.size, 3))
     axes /= np.linalg.norm(axes, axis=1, keepdims=True)

@@ -98,7 +98,9 @@ def test_symmetry_is_used_and_the_threshold_splits(tmp_path: Path) -> None:
     truth[:, 7:] = 2
     truth[:, 14:] = 3
     rng = np.random.default_rng(3)
-    g, other = Rotation.random(1), Rotation.random(1)
+    q = rng.normal(size=(2, 4))  # seeded (orix's Rotation.random is not): grain 3 stays unrelated
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    g, other = Rotation(q[:1]), Rotation(q[1:])
     for angle_deg, n_grains in [(3.0, 2), (8.0, 3)]:
         # grain 2 is grain 1 turned by angle_deg; grain 3 is unrelated; pixels are random symmetric variants
         turn = Rotation.from_axes_angles([0.3, -0.5, 0.8], np.deg2rad(angle_deg))
