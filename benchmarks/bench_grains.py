@@ -279,8 +279,9 @@ def _step_parts(G, D, table, cfg, repeats: int) -> dict[str, float]:
     from stereograin.grains.training import _pattern_sizes, _real_onehot, _realisation
 
     rng = np.random.default_rng(1)
-    sizes = _pattern_sizes(cfg.batch_g, cfg) + _pattern_sizes(cfg.batch_d, cfg)
-    n_g = len(_pattern_sizes(cfg.batch_g, cfg))
+    sizes_g = _pattern_sizes(cfg.batch_g, cfg)
+    sizes = sizes_g + _pattern_sizes(cfg.batch_d, cfg)
+    n_g = len(sizes_g)
     reals: list = []
 
     def patterns() -> None:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -57,7 +56,7 @@ from scipy.spatial import ConvexHull, QhullError
 from threadpoolctl import threadpool_limits
 
 from . import sphere
-from ._threads import default_workers
+from ._threads import default_workers, run_all
 from .errors import StereograinError
 
 __all__ = [
@@ -193,13 +192,9 @@ def _run_chunks(
 
     try:
         workers = min(default_workers(), len(starts))
-        if workers <= 1:
-            for s in starts:
-                run(s)
-        else:
-            blas = threadpool_limits(1, user_api="blas") if limit_blas else contextlib.nullcontext()
-            with blas, ThreadPoolExecutor(workers) as pool:
-                list(pool.map(run, starts))
+        parallel = limit_blas and workers > 1
+        with threadpool_limits(1, user_api="blas") if parallel else contextlib.nullcontext():
+            run_all(run, starts, workers)
     finally:
         if bar is not None:
             bar.close()

@@ -14,10 +14,10 @@ maximum-likelihood ``fit``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +29,7 @@ import scipy.stats
 from threadpoolctl import threadpool_limits
 
 from . import __version__, sphere
+from ._threads import run_all
 from .errors import StereograinError
 from .io import read_json, write_json
 
@@ -317,14 +318,10 @@ class ShellModel:
             out[s:e] = self._valid_batch(e - s, children[b], Bt, w, max_rounds)
 
         workers = min(workers or os.cpu_count() or 1, len(starts))
-        if workers <= 1:
-            for b in range(len(starts)):
-                run(b)
-        else:
-            # Batches in parallel threads (NumPy's generators and BLAS release the GIL);
-            # one BLAS thread each so that threads and BLAS do not oversubscribe the cores.
-            with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:
-                list(pool.map(run, range(len(starts))))
+        # Batches in parallel threads (NumPy's generators and BLAS release the GIL);
+        # one BLAS thread each so that threads and BLAS do not oversubscribe the cores.
+        with threadpool_limits(1) if workers > 1 else contextlib.nullcontext():
+            run_all(run, range(len(starts)), workers)
         return out
 
     def _valid_batch(

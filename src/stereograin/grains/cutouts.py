@@ -199,14 +199,17 @@ def _label_cutouts(points, seeds, M, r, lam, mu_max, start, end, groups, out):  
         # on the group's sphere (|x - s_j|_M <= |c_g - s_j|_M + sqrt(mu_max_j) rho_g, M_j's norm being
         # at most sqrt(mu_max_j) times the Euclidean); the largest over the groups bounds every
         # point's best cost (a few hundred evaluations, not P x cnt)
+        ng = groups.shape[0]
+        cgs = np.empty((ng, d))
+        rgs = np.empty(ng)
+        for g in range(ng):
+            rgs[g] = _group_sphere(points, b, groups, g, cgs[g])
         U = -np.inf
-        cg = np.zeros(d)
-        for g in range(groups.shape[0]):
-            rg = _group_sphere(points, b, groups, g, cg)
+        for g in range(ng):
             Ug = np.inf
             for jj in range(cnt):
                 j = near[jj]
-                Ug = min(Ug, math.sqrt(max(_quad(cg, seeds, M, j), 0.0)) + math.sqrt(mu_max[j]) * rg - r[j])
+                Ug = min(Ug, math.sqrt(max(_quad(cgs[g], seeds, M, j), 0.0)) + math.sqrt(mu_max[j]) * rgs[g] - r[j])
             U = max(U, Ug)
         pool = np.empty(n, np.int64)
         low = np.empty(n)
@@ -223,8 +226,8 @@ def _label_cutouts(points, seeds, M, r, lam, mu_max, start, end, groups, out):  
         lowg = np.empty(m)
         sel = np.empty(m, np.int64)
         S = groups.shape[1]
-        for g in range(groups.shape[0]):
-            rg = _group_sphere(points, b, groups, g, cg)
+        for g in range(ng):
+            cg, rg = cgs[g], rgs[g]
             Ug = np.inf
             for jj in range(m):
                 j = pool[jj]
