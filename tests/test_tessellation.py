@@ -175,10 +175,13 @@ def test_long_rows_split_into_slabs_equal_bruteforce(n, monkeypatch):
     assert not out[~full].any()
 
 
+@pytest.mark.parametrize("bound", ["octant", "box", "given"])
 @pytest.mark.parametrize("seed", range(4))
-def test_block_pruning_with_the_octant_bound_keeps_every_winner(seed):
+def test_block_pruning_keeps_every_winner(seed, bound):
     # a list long enough for the octant bound (_OCTANT_MIN): every cell that wins at a site of
-    # the block survives, and the list still shrinks
+    # the block survives, and the list still shrinks; with the box bound (lambda_min of each
+    # metric) and with a given U (the leaf hints' path, here the true max of min_i f_i) it
+    # shrinks further
     rng = np.random.default_rng(seed)
     n = max(400, tess._OCTANT_MIN)
     g = random_gbpd(rng, n, 3, 60.0, (0.2, 30.0) if seed % 2 else (1.0, 50.0))
@@ -188,19 +191,105 @@ def test_block_pruning_with_the_octant_bound_keeps_every_winner(seed):
     S, Mu = g.seeds, g.metrics.reshape(n, 9)[:, [0, 1, 2, 4, 5, 8]]
     signs = np.array([[a, b, e] for a in (-1, 1) for b in (-1, 1) for e in (-1, 1)], float) * h
     R = np.sqrt(np.einsum("vi,nij,vj->nv", signs, g.metrics, signs).max(axis=1)) * (1 + 1e-12)
-    soa = np.zeros((1, tess._NF, n + 16))
-    soa[0, 0:3, :n] = S.T
-    soa[0, 3:9, :n] = Mu.T
-    soa[0, 9, :n] = g.offsets
-    soa[0, 10, :n] = R
-    qc, lin, sl, hi = (np.zeros(n + 16) for _ in range(4))
-    keep = np.zeros(n, np.int64)
-    m = tess._block_keep(soa, 0, n, *c, *h, A, qc, lin, sl, hi, keep)
     pts = c + rng.uniform(-1, 1, (4000, 3)) * h
     pts = np.concatenate([pts, c + signs])  # the corners too
     winners = np.unique(g.label_points_bruteforce(pts) - 1)
-    assert set(winners) <= set(keep[:m].tolist())
-    assert m < n
+
+    def kept(lm, uh):
+        soa = np.zeros((1, tess._NF, n + 16))
+        soa[0, 0:3, :n] = S.T
+        soa[0, 3:9, :n] = Mu.T
+        soa[0, 9, :n] = g.offsets
+        soa[0, 10, :n] = R
+        soa[0, 11, :n] = lm
+        qc, lin, sl, hi = (np.zeros(n + 16) for _ in range(4))
+        keep = np.zeros(n, np.int64)
+        m = tess._block_keep(soa, 0, n, *c, *h, A, np.linalg.inv(A), qc, lin, sl, hi, keep, uh, True)
+        return set(keep[:m].tolist())
+
+    plain = kept(0.0, np.inf)
+    assert set(winners) <= plain and len(plain) < n
+    if bound == "octant":
+        return
+    lm = np.linalg.eigvalsh(g.metrics)[:, 0] * 0.999
+    fewer = kept(lm, np.inf) if bound == "box" else kept(lm, g.distances(pts).min(axis=1).max())
+    assert set(winners) <= fewer and len(fewer) < len(plain)
+
+
+def test_lambda_min_lower_bounds_the_smallest_eigenvalue():
+    rng = np.random.default_rng(4)
+    ratios = []
+    for i in range(3000):
+        Q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+        ev = np.exp(rng.uniform(-4, 4, 3)) if i % 3 else np.exp(rng.uniform(-2, 2)) * (1 + rng.uniform(0, 1e-3, 3))
+        G = Q @ np.diag(ev) @ Q.T
+        G = (G + G.T) / 2
+        lam = tess._lambda_min_lower(G[0, 0], G[0, 1], G[0, 2], G[1, 1], G[1, 2], G[2, 2])
+        true = np.linalg.eigvalsh(G)[0]
+        assert 0.0 <= lam <= true
+        ratios.append(lam / true)
+    assert np.min(ratios) > 0.9  # even for nearly equal eigenvalues (Newton's slowest case)
+    assert tess._lambda_min_lower(1.0, 2.0, 0.0, 1.0, 0.0, 1.0) == 0.0  # not positive definite: no bound
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_leaf_hints_bound_every_leaf_and_pool_by_their_max(masked):
+    # every leaf's hint is at least min_i f_i at each of its sites; masked-out leaves get -inf;
+    # each level of the pyramid is the max over the blocks it holds
+    rng = np.random.default_rng(21)
+    g = random_gbpd(rng, 400, 3, 40.0, (1.0, 50.0))
+    shape = (18, 21, 23)  # (Z, Y, X): leaves of 4 cut at the edges
+    origin, spacing = np.array([-2.0, 1.0, 0.5]), 1.9
+    S, Mu, r = tess._padded(g)
+    A = np.eye(3) * spacing
+    leaf = tess._LEAF_3D
+    sxy, _ = tess._level_sizes(shape, leaf, False)
+    H = np.stack([0.5 * (sxy - 1)] * 3, axis=1)
+    Rtab, Gl, Lm = np.empty((len(H), g.n)), np.empty((g.n, 6)), np.empty(g.n)
+    tess._tables(Mu, A, H, Rtab, Gl, Lm, 0, g.n)
+    nl = tuple(-(-s // leaf) for s in shape)
+    lmask = rng.random(nl) < 0.6 if masked else np.ones(nl, bool)
+    sat = np.zeros((1, 1, 1), np.int64)
+    if masked:
+        sat = np.zeros(tuple(v + 1 for v in nl), np.int64)
+        sat[1:, 1:, 1:] = lmask.cumsum(0).cumsum(1).cumsum(2)
+    vals, off, dims = tess._hint_pyramid(S, Mu, r, origin, A, shape, sxy, float(H[-1, 0]), Rtab[-1], sat, leaf)
+    best = g.distances(grid_points(shape, origin, spacing)).min(axis=1).reshape(shape)
+    pad = np.full(tuple(v * leaf for v in nl), -np.inf)
+    pad[: shape[0], : shape[1], : shape[2]] = best
+    true = pad.reshape(nl[0], leaf, nl[1], leaf, nl[2], leaf).max(axis=(1, 3, 5))
+    hints = vals[off[-2]:off[-1]].reshape(dims[-1])
+    assert np.all(hints[~lmask] == -np.inf)
+    assert np.all(hints[lmask] >= true[lmask]) and np.all(np.isfinite(hints[lmask]))
+    assert np.median(hints[lmask] - true[lmask]) < np.median(true[lmask])  # and tight enough to help
+    for lv in range(len(sxy) - 1):
+        fine = vals[off[lv + 1]:off[lv + 2]].reshape(dims[lv + 1])
+        coarse = vals[off[lv]:off[lv + 1]].reshape(dims[lv])
+        p = np.full(tuple(2 * v for v in coarse.shape), -np.inf)
+        p[: fine.shape[0], : fine.shape[1], : fine.shape[2]] = fine
+        np.testing.assert_array_equal(coarse, p.reshape(coarse.shape[0], 2, coarse.shape[1], 2, coarse.shape[2], 2).max(axis=(1, 3, 5)))
+
+
+@pytest.mark.parametrize("hints", [True, False])
+def test_particle_like_region_equals_bruteforce(hints, monkeypatch):
+    # a dense, mildly anisotropic diagram like a particle's (radial markers, ~5 grid steps per
+    # cell) on a ball-shaped mask whose edge lies inside the seeds, labelled with and without
+    # the leaf hints: the labels are exact either way
+    monkeypatch.setattr(tess, "_HINTS", hints)
+    rng = np.random.default_rng(22)
+    n = 2500
+    seeds = rng.uniform(-45.0, 45.0, (n, 3))
+    D = np.stack([rng.uniform(10.0, 14.0, n), rng.uniform(40.0, 50.0, n), rng.uniform(40.0, 50.0, n)], axis=1)
+    g = GBPD(seeds, restricted_metrics(seeds, D, rng.uniform(0, np.pi, n)), rng.uniform(4.5, 6.0, n))
+    shape, spacing, origin = (37, 38, 39), 2.0, np.array([-38.0, -37.0, -36.0])
+    nb = tuple(-(-s // 4) for s in shape)
+    centres = np.stack(np.meshgrid(*[origin[a] + spacing * (4 * np.arange(nb[2 - a]) + 1.5) for a in (2, 1, 0)], indexing="ij"), -1)
+    mask = np.linalg.norm(centres[..., ::-1], axis=-1) < 30.0
+    lab = g.label_grid(shape, origin, spacing, mask=mask, mask_block=4)
+    voxels = mask.repeat(4, 0).repeat(4, 1).repeat(4, 2)[: shape[0], : shape[1], : shape[2]]
+    ref = g.label_points_bruteforce(grid_points(shape, origin, spacing)[voxels.ravel()])
+    np.testing.assert_array_equal(lab[voxels], ref)
+    assert np.all(lab[~voxels] == 0) and len(np.unique(ref)) > 400
 
 
 def test_label_grid_mask_bad_input():

@@ -107,7 +107,7 @@ _MASK_BLOCK = 4
 #: Icosphere level of the radius bound's grid (10242 directions).
 _BOUND_LEVEL = 5
 #: Largest assembly grid whose labels a thread keeps in its scratch buffer for the next particle (64 MiB).
-_KEEP_LABELS_BYTES = 1 << 26
+_KEEP_LABELS_BYTES = 1 << 29
 
 
 def _label_buffer(shape: tuple[int, ...], zero: bool) -> np.ndarray:
