@@ -131,7 +131,9 @@ def test_cell_moments_match_numpy():
         cell_moments(lab + 5, 7)
 
 
-def test_cell_moments_with_a_mask_and_on_threads_equal_the_plain_scan(monkeypatch):
+@pytest.mark.parametrize("block", [4, 3])
+def test_cell_moments_with_a_mask_and_on_threads_equal_the_plain_scan(block, monkeypatch):
+    # with a mask the open flags come from the masked blocks' faces, not from a neighbour scan
     import numba
 
     import stereograin.particle as particle_mod
@@ -139,23 +141,42 @@ def test_cell_moments_with_a_mask_and_on_threads_equal_the_plain_scan(monkeypatc
     rng = np.random.default_rng(5)
     lab = rng.integers(1, 40, (23, 18, 29)).astype(np.int32)
     lab[:, :, :] = np.repeat(np.repeat(np.repeat(lab[::3, ::3, ::3], 3, 0), 3, 1), 3, 2)[:23, :18, :29]
-    mask = rng.random((6, 5, 8)) < 0.45  # blocks of 4 voxels; the last ones stick out of the volume
+    mask = rng.random(tuple(-(-v // block) for v in lab.shape)) < 0.45  # the last blocks stick out of the volume
     mask[0, 0, :] = False  # a row of blocks with nothing to read
-    full = mask.repeat(4, 0).repeat(4, 1).repeat(4, 2)[:23, :18, :29]
+    # a masked box of blocks (voxels at least 4..18 x 4..14 x 6..23) with unmasked blocks on its 6 sides
+    b0 = np.array([4 // block, 4 // block, 6 // block])
+    b1 = np.array([18 // block, 14 // block, 23 // block]) + 1
+    box = tuple(slice(a, e) for a, e in zip(b0, b1))
+    for ax in range(3):
+        for at in (b0[ax] - 1, b1[ax]):
+            side = list(box)
+            side[ax] = at
+            mask[tuple(side)] = False
+    mask[box] = True
+    full = mask.repeat(block, 0).repeat(block, 1).repeat(block, 2)[:23, :18, :29]
     lab[~full] = 0
-    plain = cell_moments(lab, 45)
+    lab[8:13, 7:12, 11:19] = 41  # inside the box: closed
+    lab[10, 9, 14] = 42  # inside 41: closed
+    lo_v, hi_v = b0 * block, np.minimum(b1 * block, lab.shape) - 1
+    mid = [10, 9, 14]
+    for c, (ax, v) in enumerate([(a, e) for a in range(3) for e in (lo_v[a], hi_v[a])], start=43):
+        at = list(mid)
+        at[ax] = v
+        lab[tuple(at)] = c  # one voxel on each face of the box: open through that face alone
+    plain = cell_moments(lab, 50)
+    assert not plain[4][41] and not plain[4][42] and plain[4][43:49].all()
     monkeypatch.setattr(particle_mod, "_MOMENTS_PARALLEL_VOXELS", 1)  # threads even on this small volume
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
-        for got in (cell_moments(lab, 45, mask, 4), cell_moments(lab, 45)):
+        for got in (cell_moments(lab, 50, mask, block), cell_moments(lab, 50)):
             for a, b in zip(plain, got):
                 np.testing.assert_array_equal(a, b)
     finally:
         numba.set_num_threads(before)
-    assert plain[0][0] == (lab == 0).sum() and plain[4][1:40].any()
+    assert plain[0][0] == (lab == 0).sum()
     with pytest.raises(StereograinError, match="does not fit"):
-        cell_moments(lab, 45, mask[:-1], 4)
+        cell_moments(lab, 50, mask[:-1], block)
 
 
 @pytest.fixture(scope="module")

@@ -106,7 +106,9 @@ _MAX_COARSE_VOXELS = 150_000_000
 _MASK_BLOCK = 4
 #: Icosphere level of the radius bound's grid (10242 directions).
 _BOUND_LEVEL = 5
-#: Largest assembly grid whose labels a thread keeps in its scratch buffer for the next particle (64 MiB).
+#: Largest assembly grid whose labels a thread keeps in its scratch buffer for the next particle (512 MiB: the
+#: paper model's large particles, one in seven of a library, need 64-270 MB, and a fresh buffer's page faults cost
+#: more than clearing a kept one; a library worker holds at most this much).
 _KEEP_LABELS_BYTES = 1 << 29
 
 
@@ -229,13 +231,14 @@ def shell_extent(coefficients: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _moments(labels, xr, b, k0, dk, cnt, sums, lo, hi, open_):  # pragma: no cover - compiled
+def _moments(labels, xr, b, k0, dk, cnt, sums, lo, hi, open_, check_open):  # pragma: no cover - compiled
     # One pass over runs of equal labels along x, in the z planes k0, k0 + dk, ...: count,
     # coordinate sums, bounding box and the "open" flag per label (scipy.ndimage needs a pass
     # per statistic, and has no neighbour test). Label 0 is background: counted, nothing else.
     # Row (k, j) is scanned over x in xr[k // b, j // b] = [start, stop) (voxels beyond are 0,
     # counted without reading them). Returns False at a label outside 0..n (the caller's
-    # one-line error), True otherwise.
+    # one-line error), True otherwise. ``check_open`` False: the open flags are left to
+    # _open_faces (a masked grid, labelled wherever the mask is set).
     Z, Y, X = labels.shape
     n = cnt.shape[0] - 1
     for k in range(k0, Z, dk):
@@ -262,7 +265,7 @@ def _moments(labels, xr, b, k0, dk, cnt, sums, lo, hi, open_):  # pragma: no cov
                     hi[c, 1] = max(hi[c, 1], j)
                     lo[c, 2] = min(lo[c, 2], k)
                     hi[c, 2] = max(hi[c, 2], k)
-                    if not open_[c]:
+                    if check_open and not open_[c]:
                         if i == 0 or e == X or j == 0 or k == 0 or j == Y - 1 or k == Z - 1:
                             open_[c] = True
                         elif labels[k, j, i - 1] == 0 or labels[k, j, e] == 0:
@@ -277,6 +280,52 @@ def _moments(labels, xr, b, k0, dk, cnt, sums, lo, hi, open_):  # pragma: no cov
                                     break
                 i = e
     return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _open_faces(labels, mask, b, open_):  # pragma: no cover - compiled
+    # The open flags of a grid labelled (non-zero) exactly on the mask's blocks: a voxel has a
+    # 0 neighbour or lies on the grid's faces only on a face of its block that borders an
+    # unmasked block or the grid's edge, so only those faces are read (the blocks' surface,
+    # instead of 4 neighbours of every voxel in the row scan).
+    Z, Y, X = labels.shape
+    nz, ny, nx = mask.shape
+    for kb in range(nz):
+        for jb in range(ny):
+            for ib in range(nx):
+                if not mask[kb, jb, ib]:
+                    continue
+                z0, z1 = kb * b, min((kb + 1) * b, Z)
+                y0, y1 = jb * b, min((jb + 1) * b, Y)
+                x0, x1 = ib * b, min((ib + 1) * b, X)
+                for side in range(6):
+                    ax = side >> 1
+                    up = side & 1
+                    if ax == 0:
+                        edge = (kb == nz - 1) if up else (kb == 0)
+                        if not edge and mask[kb + 1 if up else kb - 1, jb, ib]:
+                            continue
+                        k = z1 - 1 if up else z0
+                        for j in range(y0, y1):
+                            for i in range(x0, x1):
+                                open_[labels[k, j, i]] = True
+                    elif ax == 1:
+                        edge = (jb == ny - 1) if up else (jb == 0)
+                        if not edge and mask[kb, jb + 1 if up else jb - 1, ib]:
+                            continue
+                        j = y1 - 1 if up else y0
+                        for k in range(z0, z1):
+                            for i in range(x0, x1):
+                                open_[labels[k, j, i]] = True
+                    else:
+                        edge = (ib == nx - 1) if up else (ib == 0)
+                        if not edge and mask[kb, jb, ib + 1 if up else ib - 1]:
+                            continue
+                        i = x1 - 1 if up else x0
+                        for k in range(z0, z1):
+                            for j in range(y0, y1):
+                                open_[labels[k, j, i]] = True
+    open_[0] = False
 
 
 #: Below this many voxels :func:`cell_moments` runs on one thread (the per-thread tables cost more).
@@ -303,7 +352,9 @@ def cell_moments(
         (shape ``ceil(labels.shape / mask_block)``, as
         :meth:`~stereograin.tessellation.GBPD.label_grid` takes it): each row
         is read only between its first and last masked block. Voxels outside
-        the mask must be 0 (label_grid leaves them so).
+        the mask must be 0 and voxels inside it non-zero (label_grid labels
+        exactly the mask's blocks): ``open_`` is then read off the faces of
+        the masked blocks that border unmasked ones or the grid's edge.
     mask_block : int
         Voxels per mask entry along each axis.
 
@@ -345,11 +396,13 @@ def cell_moments(
     if lab.size:
 
         def job(w: int, k: int) -> None:
-            ok[w] = _moments(lab, xr, b, w, k, cnt[w], sums[w], lo[w], hi[w], open_[w])
+            ok[w] = _moments(lab, xr, b, w, k, cnt[w], sums[w], lo[w], hi[w], open_[w], mask is None)
 
         run_workers(job, nw)
         if not ok.all():
             raise StereograinError(f"labels must lie in 0..{n}, got {lab.min()}..{lab.max()}")
+        if mask is not None:
+            _open_faces(lab, m, b, open_[0])
     cnt, sums, lo, hi, open_ = cnt.sum(0), sums.sum(0), lo.min(0), hi.max(0), open_.any(0)  # over the threads' tables
     cells = cnt > 0
     cells[0] = False
