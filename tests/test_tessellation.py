@@ -233,13 +233,16 @@ def test_lambda_min_lower_bounds_the_smallest_eigenvalue():
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_leaf_hints_bound_every_leaf_and_pool_by_their_max(masked):
+@pytest.mark.parametrize("case", ["inside", "beyond", "sparse"])
+def test_leaf_hints_bound_every_leaf_and_pool_by_their_max(case, masked):
     # every leaf's hint is at least min_i f_i at each of its sites; masked-out leaves get -inf;
-    # each level of the pyramid is the max over the blocks it holds
+    # each level of the pyramid is the max over the blocks it holds. "beyond": a third of the
+    # grid lies beyond the seeds, whose leaves have no seed in their 27 bins and take a
+    # neighbour's hint; "sparse": a tenth of a seed per leaf, no hints at all
     rng = np.random.default_rng(21)
-    g = random_gbpd(rng, 400, 3, 40.0, (1.0, 50.0))
+    g = random_gbpd(rng, 40 if case == "sparse" else 400, 3, 40.0, (1.0, 50.0))
     shape = (18, 21, 23)  # (Z, Y, X): leaves of 4 cut at the edges
-    origin, spacing = np.array([-2.0, 1.0, 0.5]), 1.9
+    origin, spacing = np.array([-2.0, 1.0, 0.5 + 20.0 * (case == "beyond")]), 1.9
     S, Mu, r = tess._padded(g)
     A = np.eye(3) * spacing
     leaf = tess._LEAF_3D
@@ -253,7 +256,10 @@ def test_leaf_hints_bound_every_leaf_and_pool_by_their_max(masked):
     if masked:
         sat = np.zeros(tuple(v + 1 for v in nl), np.int64)
         sat[1:, 1:, 1:] = lmask.cumsum(0).cumsum(1).cumsum(2)
-    vals, off, dims = tess._hint_pyramid(S, Mu, r, origin, A, shape, sxy, float(H[-1, 0]), Rtab[-1], sat, leaf)
+    vals, off, dims = tess._hint_pyramid(S, Mu, r, origin, A, shape, sxy, float(H[-1, 0]), Rtab[-1], Gl, sat, leaf)
+    if case == "sparse":
+        assert vals.size == 0 and len(off) == len(sxy) + 1
+        return
     best = g.distances(grid_points(shape, origin, spacing)).min(axis=1).reshape(shape)
     pad = np.full(tuple(v * leaf for v in nl), -np.inf)
     pad[: shape[0], : shape[1], : shape[2]] = best

@@ -267,7 +267,11 @@ def plane_points(
 # and the kept lists hold every cell within about 2 R. So before the tree, every leaf gets
 # its own U_leaf = min_j (up_j - r_j + slack) over the seeds binned in the leaf's bin and its
 # 6 face neighbours (bins of one leaf; all 27 bins if those 7 are empty): up_j on the small
-# leaf box is tight. Every site of a block lies in one of its leaves, so the max of U_leaf over
+# leaf box is tight. A leaf with no seed in its 27 bins takes a face neighbour's U plus the
+# largest metric length of the step between them (f_j(x + d) <= f_j(x) + |d|_{M_j}; _fill_hints).
+# On grids much finer than the seeds (under a quarter of a seed per labelled leaf, as on the
+# dense 256^3 benchmark) the hints are looser than the tree's own U and are not made.
+# Every site of a block lies in one of its leaves, so the max of U_leaf over
 # the block's unmasked leaves bounds min_i f_i at every site that is labelled (masked leaves
 # are never labelled: -inf). A pyramid of these maxima gives every block its bound in O(1);
 # the blocks above the leaves use it alone (_block_keep_given: one pass, no square root; the
@@ -276,7 +280,8 @@ def plane_points(
 # volume. In lattice coordinates t (x = o + t A), |x - s_j|^2_M = (t - tau_j)^T G_j (t - tau_j)
 # with G_j = A M_j A^T, so |x - s_j|_M >= sqrt(lambda_min(G_j)) dist(tau_j, box) with the
 # box's Euclidean distance in t; lambda_min is bounded from below by Newton steps on the
-# characteristic polynomial (_lambda_min_lower). lo_j is the max of the three bounds.
+# characteristic polynomial (_lambda_min_lower). lo_j is the max of the three bounds (the box
+# bound only for lists of _BOX_MIN cells or more: short lists lose more to its cost than it drops).
 # Together these cut the task blocks' lists from about 4,100 cells to 990 on library
 # particles, and the breadth-first levels above them about 6 times.
 # A block (at any level) with a single survivor is filled with it: every dropped cell has
@@ -305,6 +310,7 @@ _NF = 12
 _NO_LABEL = 0x7FFFFFFF
 _OCTANT_MIN = 256  # candidate lists at least this long get the octant bound (_octant_bound): ~5-13 % faster
 _OCTANT_K = 8  # cells it tries per octant
+_BOX_MIN = 64  # candidate lists at least this long get the box bound in _block_keep's two-pass test
 
 
 @numba.njit(cache=True, nogil=True)
@@ -447,11 +453,7 @@ def _block_keep_given(soa, lev, n, npad, cx, cy, cz, hx, hy, hz, A, Ai, flag, ke
         ez = max(abs(dx * Ai[0, 2] + dy * Ai[1, 2] + dz * Ai[2, 2]) - hz, 0.0)
         box = soa[lev, 11, t] * (ex * ex + ey * ey + ez * ez)
         flag[t] = 1.0 if (tau >= 0.0) & (q - 2.0 * L <= tau * tau) & (q <= tr * tr) & (box <= tau * tau) else 0.0
-    m = 0
-    for t in range(n):
-        keep[m] = t
-        m += flag[t] != 0.0
-    return m
+    return _kept_positions(flag, n, keep)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FM)
@@ -509,6 +511,13 @@ def _block_keep(soa, lev, n, cx, cy, cz, hx, hy, hz, A, Ai, qc, lin, sl, hi, kee
     U = min(_vmin(hi, n), uh)
     if n >= _OCTANT_MIN:
         U = min(U, _octant_bound(soa, lev, n, cx, cy, cz, hx, hy, hz, A, hi))
+    if n < _BOX_MIN:  # short lists: the box bound (below) would cost more than it drops
+        for t in range(npad):
+            tau = U + soa[lev, 9, t] + sl[t]
+            tr = tau + soa[lev, 10, t]
+            q = qc[t]
+            hi[t] = 1.0 if (tau >= 0.0) & (q - 2.0 * lin[t] <= tau * tau) & (q <= tr * tr) else 0.0
+        return _kept_positions(hi, n, keep)
     for t in range(npad):
         # lo_t - r_t - slack_t <= U  <=>  lo_t <= tau := U + r_t + slack_t, and lo_t is the max of
         # sqrt(q) - R and sqrt(max(q - 2L, 0)) (notes), both compared without square roots:
@@ -527,19 +536,26 @@ def _block_keep(soa, lev, n, cx, cy, cz, hx, hy, hz, A, Ai, qc, lin, sl, hi, kee
         ez = max(abs(dx * Ai[0, 2] + dy * Ai[1, 2] + dz * Ai[2, 2]) - hz, 0.0)
         box = soa[lev, 11, t] * (ex * ex + ey * ey + ez * ez)
         hi[t] = 1.0 if (tau >= 0.0) & (q - 2.0 * lin[t] <= tau * tau) & (q <= tr * tr) & (box <= tau * tau) else 0.0
+    return _kept_positions(hi, n, keep)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _kept_positions(flag, n, keep):  # pragma: no cover - compiled
+    """``keep[:m]`` = the positions ``t < n`` with ``flag[t] != 0``, increasing; returns ``m``."""
     m = 0
     for t in range(n):
         keep[m] = t
-        m += hi[t] != 0.0
+        m += flag[t] != 0.0
     return m
 
 
 @numba.njit(cache=True, nogil=True)
-def _lower(soa, ids, Gl, lev, keep, m, cx, cy, cz, hx, hy, hz, A, qc, p, low, err):  # pragma: no cover - compiled
-    """For the kept positions ``t = keep[:m]`` of a leaf (centre ``c``, half-extents ``h``): ``low[t]``, ``qc[t]``, ``p[:, t]``, ``err[t]``.
+def _lower(soa, ids, Gl, lev, keep, m, cx, cy, cz, A, qc, p, lin, sl, low, err):  # pragma: no cover - compiled
+    """For the kept positions ``t = keep[:m]`` of a leaf (centre ``c``): ``low[t]``, ``p[:, t]`` and ``err[t]``.
 
     ``low[t] = lo_t - r_t - slack_t`` (engine notes) bounds f_t from below on the
-    leaf; ``qc[t] = q`` and ``p[k, t] = A[k] . M_t (c - s_t)``, as in :func:`_block_keep`.
+    leaf; ``p[k, t] = A[k] . M_t (c - s_t)``, as in :func:`_block_keep` (two-pass:
+    its ``q``, ``L`` and slack are read from ``qc``, ``lin``, ``sl``).
     ``err[t]`` bounds |f~ - f| for the float32 value f~ that
     :func:`_leaf_lattice` computes at any site of the leaf (inf: float32 could
     overflow, use float64). Why it is safe: q = q0 + sum_k coef_k T[k, v] is
@@ -569,23 +585,18 @@ def _lower(soa, ids, Gl, lev, keep, m, cx, cy, cz, hx, hy, hz, A, qc, p, low, er
         p[0, t] = p0
         p[1, t] = p1
         p[2, t] = p2
-        q = dx * wx + dy * wy + dz * wz  # q and L at the leaf centre as in _block_keep (the slack covers their rounding)
-        q = q if q > 0.0 else 0.0
-        qc[t] = q
-        lin = hx * abs(p0) + hy * abs(p1) + hz * abs(p2)
+        q = qc[t]
+        l2 = q - 2.0 * lin[t]
+        l2 = l2 if l2 > 0.0 else 0.0
         Rt = soa[lev, 10, t]
         rt = soa[lev, 9, t]
-        up = np.sqrt(q + 2.0 * lin + Rt * Rt)
-        slack = 1e-8 * (up + Rt + abs(rt) + 1.0)
-        l2 = q - 2.0 * lin
-        l2 = l2 if l2 > 0.0 else 0.0
         lo = max(np.sqrt(q) - Rt, np.sqrt(l2))
-        low[t] = lo - rt - slack
+        low[t] = lo - rt - sl[t]
         # S = |q| + sum_k |p_k| Tmax[k] + C_t with Tmax[k] = max_v |T[k, v]| and C_t = sum of
         # |G entries| Tmax (column 6 of Gl, from _run_tree); sum_k |p_k| Tmax[k] = 2 L, as the
         # leaf's half-extents (lattice mode) are Tmax[k] / 2 (L's rounding,
         # ~1e-16 relative, is covered by E's margin)
-        S = q + 2.0 * lin + Gl[ids[lev, t], 6]
+        S = q + 2.0 * lin[t] + Gl[ids[lev, t], 6]
         E = 20.0 * _U32 * S + 1e-37
         sS = np.sqrt(S)
         sE = 0.0011 * sS + 1e-18  # >= sqrt(E), as sqrt(20 u) = 0.001092...
@@ -1002,9 +1013,43 @@ def _max_pool2(a):  # pragma: no cover - compiled
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _fill_hints(h, step):  # pragma: no cover - compiled
+    """Give leaves without a hint (``inf``: no seed in the 27 bins, as on grids much finer than the seeds) one from a neighbour.
+
+    ``f_j(x + d) <= f_j(x) + |d|_{M_j}`` (triangle inequality), and a step of one leaf along
+    lattice axis ``k`` has ``|d|_{M_j} = leaf sqrt(G_j[k, k]) <= step[k]`` for every cell, so
+    a face neighbour's hint plus ``step`` bounds ``min_i f_i`` on the leaf too. Repeated until
+    no leaf changes; masked-out leaves (``-inf``) are no source.
+    """
+    nz, ny, nx = h.shape
+    changed = True
+    while changed:
+        changed = False
+        for k in range(nz):
+            for j in range(ny):
+                for i in range(nx):
+                    if h[k, j, i] != np.inf:
+                        continue
+                    best = np.inf
+                    for a in range(6):
+                        dk = (a == 0) - (a == 1)
+                        dj = (a == 2) - (a == 3)
+                        di = (a == 4) - (a == 5)
+                        kk, jj, ii = k + dk, j + dj, i + di
+                        if 0 <= kk < nz and 0 <= jj < ny and 0 <= ii < nx:
+                            v = h[kk, jj, ii]
+                            if -np.inf < v < np.inf:
+                                st = step[2] if a < 2 else (step[1] if a < 4 else step[0])
+                                best = min(best, v + st)
+                    if best < np.inf:
+                        h[k, j, i] = best
+                        changed = True
+
+
 def _hint_pyramid(
     S: np.ndarray, Mu: np.ndarray, r: np.ndarray, o: np.ndarray, A: np.ndarray, shape3: tuple[int, int, int],
-    sxy: np.ndarray, hleaf: float, Rleaf: np.ndarray, sat: np.ndarray, sdv: int,
+    sxy: np.ndarray, hleaf: float, Rleaf: np.ndarray, Gl: np.ndarray, sat: np.ndarray, sdv: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Leaf hints (:func:`_leaf_hints`) max-pooled to every level of the block tree: ``(values, offsets, dims)``.
 
@@ -1016,14 +1061,21 @@ def _hint_pyramid(
     nl = np.array([-(-s // leaf) for s in shape3], np.int64)
     Ai = np.linalg.inv(A)
     start, ids = _bin_seeds(S, o, Ai, leaf, nl)
-    F = _binned_fields(ids, S, Mu, r, Rleaf, o, Ai, leaf)
-    h = np.empty(tuple(nl), np.float64)
     if sat.shape[0] > 1:  # the masked lattice's summed-volume table counts unmasked leaves: difference it back
         lmask = np.diff(np.diff(np.diff(sat, axis=0), axis=1), axis=2) > 0
     else:
         lmask = np.ones((1, 1, 1), bool)
+    per_bin = np.diff(start).reshape(tuple(nl + 2))[1:-1, 1:-1, 1:-1]
+    live = lmask if lmask.size > 1 else slice(None)
+    if per_bin[live].mean() < _HINT_MIN_SEEDS:  # a grid much finer than the seeds: the tree's own U is better
+        return np.zeros(0), np.zeros(len(sxy) + 1, np.int64), np.zeros((len(sxy), 3), np.int64)
+    F = _binned_fields(ids, S, Mu, r, Rleaf, o, Ai, leaf)
+    h = np.empty(tuple(nl), np.float64)
     nw = min(default_workers(), int(nl[0]))
     run_workers(lambda w, k: _leaf_hints(w, k, start, F, o, A, leaf, hleaf, hleaf, hleaf, lmask, h), nw)
+    if np.isposinf(h).any():
+        step = leaf * np.sqrt(Gl[:, [0, 3, 5]].max(axis=0)) * (1.0 + 1e-12) + 1e-12  # x y z
+        _fill_hints(h, step)
     levels = [h]
     for _ in range(len(sxy) - 1):
         levels.append(_max_pool2(levels[-1]))
@@ -1174,7 +1226,7 @@ def _descend_worker(
                 n_par = cnt[lev]
                 is_leaf = lev + 1 == nl - 1
                 uh = _hint(uhv, uoff, udim, lev + 1, cxy, ix, iy, iz)
-                m = _block_keep(soa, lev, n_par, cx, cy, cz, hxy[lev + 1], hxy[lev + 1], hz[lev + 1], A, Ai, qc, lin, sl, hi, keep, uh, not is_leaf)
+                m = _block_keep(soa, lev, n_par, cx, cy, cz, hxy[lev + 1], hxy[lev + 1], hz[lev + 1], A, Ai, qc, lin, sl, hi, keep, uh, not is_leaf)  # leaves' parents: two passes (_lower reads q, L)
                 if m == 1 and not points_mode and (not use_sat or _box_full(sat, sdv, ix, iy, iz, cxy, czz)):
                     # One survivor: it is strictly better than every dropped cell everywhere in the
                     # block (engine notes), so it owns every site, ties included; no descent.
@@ -1182,7 +1234,7 @@ def _descend_worker(
                                 ids[lev, keep[0]] + 1)
                     continue
                 if is_leaf:
-                    _lower(soa, ids, Gl, lev, keep, m, cx, cy, cz, hxy[lev + 1], hxy[lev + 1], hz[lev + 1], A, qc, pp, low, hi)
+                    _lower(soa, ids, Gl, lev, keep, m, cx, cy, cz, A, qc, pp, lin, sl, low, hi)
                     _sort_by(low, keep, m, order)
                     if points_mode:
                         b = (iz * shape_y + iy) * shape_x + ix
@@ -1279,6 +1331,7 @@ _LEAF_2D = 16  # 16 x 16 = 256 sites per leaf in a 2D index space (images, plane
 _TASK = 32  # blocks of this size (index units) are the parallel tasks
 _SLAB_SITES = 2**16  # slab buffer: at most this many sites (int32: 256 KiB, half a 512 KiB L2) unless one task is larger
 _HINTS = True  # 3D lattices: leaf hints bound every block's min_i f_i from above (engine notes)
+_HINT_MIN_SEEDS = 0.25  # ... if the labelled leaves hold at least this many seeds each on average
 _F32_SCREEN = True  # leaves: float32 screen + float64 near ties (tests switch it off to compare)
 
 
@@ -1477,7 +1530,7 @@ def _run_tree(
     screen = bool(_F32_SCREEN)
     Ai = _lattice_inverse(A)
     if _HINTS and X.shape[0] == 0 and not flat:
-        uhv, uoff, udim = _hint_pyramid(S, Mu, r, o, A, shape3, sxy, float(hxy[-1]), Rtab[-1], sat, sdv)
+        uhv, uoff, udim = _hint_pyramid(S, Mu, r, o, A, shape3, sxy, float(hxy[-1]), Rtab[-1], Gl, sat, sdv)
     else:
         uhv, uoff, udim = np.zeros(0), np.zeros(len(sxy) + 1, np.int64), np.zeros((len(sxy), 3), np.int64)
     shp = np.array(shape3, np.int64)
