@@ -276,14 +276,10 @@ def plane_points(
 # are never labelled: -inf). A pyramid of these maxima gives every block its bound in O(1);
 # the blocks above the leaves use it alone (_block_keep_given: one pass, no square root; the
 # octant bound is not needed), the leaves' parents the min of it and the computed U.
-# Box bound. lo_j above uses the circumscribed sphere of the box, about 2.7 times the box's
-# volume. In lattice coordinates t (x = o + t A), |x - s_j|^2_M = (t - tau_j)^T G_j (t - tau_j)
-# with G_j = A M_j A^T, so |x - s_j|_M >= sqrt(lambda_min(G_j)) dist(tau_j, box) with the
-# box's Euclidean distance in t; lambda_min is bounded from below by Newton steps on the
-# characteristic polynomial (_lambda_min_lower). lo_j is the max of the three bounds (the box
-# bound only for lists of _BOX_MIN cells or more: short lists lose more to its cost than it drops).
-# Together these cut the task blocks' lists from about 4,100 cells to 990 on library
-# particles, and the breadth-first levels above them about 6 times.
+# The hints cut the task blocks' lists from about 4,100 cells to 1,000 on library particles,
+# and the work of the breadth-first levels above them about 6 times. (A lower bound from the
+# box's distance in lattice coordinates times sqrt(lambda_min(A M_j A^T)) was tried with them:
+# 10-40 % shorter coarse lists, but no faster overall, so it was left out.)
 # A block (at any level) with a single survivor is filled with it: every dropped cell has
 # lo_j - r_j > U >= that cell's value everywhere in the block, so it wins every site there.
 # At a leaf the candidates are evaluated in increasing lo_j; once lo_j - r_j
@@ -304,17 +300,16 @@ def plane_points(
 # ---------------------------------------------------------------------------
 
 _FM = {"contract"}  # fused multiply-adds only: no reassociation, results are deterministic
-# gathered fields per candidate: sx sy sz m00 m01 m02 m11 m12 m22 r R(child level) lambda_min(G); the leaves read G and C
+# gathered fields per candidate: sx sy sz m00 m01 m02 m11 m12 m22 r R(child level); the leaves read G and C
 # (see _lower) from the table Gl by cell: copying them down every level costs more than those few reads
-_NF = 12
+_NF = 11
 _NO_LABEL = 0x7FFFFFFF
 _OCTANT_MIN = 256  # candidate lists at least this long get the octant bound (_octant_bound): ~5-13 % faster
 _OCTANT_K = 8  # cells it tries per octant
-_BOX_MIN = 64  # candidate lists at least this long get the box bound in _block_keep's two-pass test
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather(ids, off, n, S, Mu, r, Rl, Lm, soa):  # pragma: no cover - compiled
+def _gather(ids, off, n, S, Mu, r, Rl, soa):  # pragma: no cover - compiled
     """Fields of cells ``ids[off:off + n]`` into ``soa[:, :n]`` (see ``_NF``)."""
     for t in range(n):
         j = ids[off + t]
@@ -325,7 +320,6 @@ def _gather(ids, off, n, S, Mu, r, Rl, Lm, soa):  # pragma: no cover - compiled
             soa[3 + f, t] = Mu[j, f]
         soa[9, t] = r[j]
         soa[10, t] = Rl[j]
-        soa[11, t] = Lm[j]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -412,7 +406,7 @@ def _octant_bound(soa, lev, n, cx, cy, cz, hx, hy, hz, A, hi):  # pragma: no cov
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FM)
-def _block_keep_given(soa, lev, n, npad, cx, cy, cz, hx, hy, hz, A, Ai, flag, keep, U):  # pragma: no cover - compiled
+def _block_keep_given(soa, lev, n, npad, cx, cy, cz, hx, hy, hz, A, flag, keep, U):  # pragma: no cover - compiled
     """:func:`_block_keep` with ``U`` given (the leaf hints'): one pass, no square roots.
 
     The test is pass 2 of :func:`_block_keep` with the slack
@@ -448,16 +442,12 @@ def _block_keep_given(soa, lev, n, npad, cx, cy, cz, hx, hy, hz, A, Ai, flag, ke
         rj = soa[lev, 9, t]
         tau = U + rj + 1e-8 * (abs(U) + 3.0 * Rj + 2.0 * abs(rj) + 1.0)
         tr = tau + Rj
-        ex = max(abs(dx * Ai[0, 0] + dy * Ai[1, 0] + dz * Ai[2, 0]) - hx, 0.0)
-        ey = max(abs(dx * Ai[0, 1] + dy * Ai[1, 1] + dz * Ai[2, 1]) - hy, 0.0)
-        ez = max(abs(dx * Ai[0, 2] + dy * Ai[1, 2] + dz * Ai[2, 2]) - hz, 0.0)
-        box = soa[lev, 11, t] * (ex * ex + ey * ey + ez * ez)
-        flag[t] = 1.0 if (tau >= 0.0) & (q - 2.0 * L <= tau * tau) & (q <= tr * tr) & (box <= tau * tau) else 0.0
+        flag[t] = 1.0 if (tau >= 0.0) & (q - 2.0 * L <= tau * tau) & (q <= tr * tr) else 0.0
     return _kept_positions(flag, n, keep)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FM)
-def _block_keep(soa, lev, n, cx, cy, cz, hx, hy, hz, A, Ai, qc, lin, sl, hi, keep, uh, fast):  # pragma: no cover - compiled
+def _block_keep(soa, lev, n, cx, cy, cz, hx, hy, hz, A, qc, lin, sl, hi, keep, uh, fast):  # pragma: no cover - compiled
     """Positions ``t`` (increasing) of the gathered cells that may win somewhere in a block; returns their count.
 
     Pass 1 (one contiguous loop, vectorised): ``q`` and ``L`` at the block
@@ -476,7 +466,7 @@ def _block_keep(soa, lev, n, cx, cy, cz, hx, hy, hz, A, Ai, qc, lin, sl, hi, kee
     # results are never read (U and the kept list only look at t < n).
     npad = (n + 15) & -16
     if fast and uh < np.inf:
-        return _block_keep_given(soa, lev, n, npad, cx, cy, cz, hx, hy, hz, A, Ai, hi, keep, uh)
+        return _block_keep_given(soa, lev, n, npad, cx, cy, cz, hx, hy, hz, A, hi, keep, uh)
     for t in range(npad):
         dx = cx - soa[lev, 0, t]
         dy = cy - soa[lev, 1, t]
@@ -511,13 +501,6 @@ def _block_keep(soa, lev, n, cx, cy, cz, hx, hy, hz, A, Ai, qc, lin, sl, hi, kee
     U = min(_vmin(hi, n), uh)
     if n >= _OCTANT_MIN:
         U = min(U, _octant_bound(soa, lev, n, cx, cy, cz, hx, hy, hz, A, hi))
-    if n < _BOX_MIN:  # short lists: the box bound (below) would cost more than it drops
-        for t in range(npad):
-            tau = U + soa[lev, 9, t] + sl[t]
-            tr = tau + soa[lev, 10, t]
-            q = qc[t]
-            hi[t] = 1.0 if (tau >= 0.0) & (q - 2.0 * lin[t] <= tau * tau) & (q <= tr * tr) else 0.0
-        return _kept_positions(hi, n, keep)
     for t in range(npad):
         # lo_t - r_t - slack_t <= U  <=>  lo_t <= tau := U + r_t + slack_t, and lo_t is the max of
         # sqrt(q) - R and sqrt(max(q - 2L, 0)) (notes), both compared without square roots:
@@ -528,14 +511,7 @@ def _block_keep(soa, lev, n, cx, cy, cz, hx, hy, hz, A, Ai, qc, lin, sl, hi, kee
         tau = U + soa[lev, 9, t] + sl[t]
         tr = tau + soa[lev, 10, t]
         q = qc[t]
-        dx = soa[lev, 0, t] - cx
-        dy = soa[lev, 1, t] - cy
-        dz = soa[lev, 2, t] - cz
-        ex = max(abs(dx * Ai[0, 0] + dy * Ai[1, 0] + dz * Ai[2, 0]) - hx, 0.0)
-        ey = max(abs(dx * Ai[0, 1] + dy * Ai[1, 1] + dz * Ai[2, 1]) - hy, 0.0)
-        ez = max(abs(dx * Ai[0, 2] + dy * Ai[1, 2] + dz * Ai[2, 2]) - hz, 0.0)
-        box = soa[lev, 11, t] * (ex * ex + ey * ey + ez * ez)
-        hi[t] = 1.0 if (tau >= 0.0) & (q - 2.0 * lin[t] <= tau * tau) & (q <= tr * tr) & (box <= tau * tau) else 0.0
+        hi[t] = 1.0 if (tau >= 0.0) & (q - 2.0 * lin[t] <= tau * tau) & (q <= tr * tr) else 0.0
     return _kept_positions(hi, n, keep)
 
 
@@ -615,7 +591,6 @@ def _take(soa, ids, lev, keep, m, Rtab):  # pragma: no cover - compiled
         for f in range(10):
             soa[lev + 1, f, u] = soa[lev, f, t]
         soa[lev + 1, 10, u] = Rtab[lev + 2, j]
-        soa[lev + 1, 11, u] = soa[lev, 11, t]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1095,7 +1070,7 @@ def _hint(uhv, uoff, udim, lev, size, ix, iy, iz):  # pragma: no cover - compile
 
 
 @numba.njit(cache=True, nogil=True)
-def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat, sdv, o, A, Ai, S, Mu, r, Rl, Lm, Gl, cnt, tmp, corig, uhv, uoff, udim, clev):  # pragma: no cover
+def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat, sdv, o, A, S, Mu, r, Rl, Gl, cnt, tmp, corig, uhv, uoff, udim, clev):  # pragma: no cover
     """One breadth-first level for parents ``w, w + nw, ...``: candidate lists of their children.
 
     Child ``ch`` of parent ``b`` writes its list to ``tmp[boff[b] * nch + ch * len_b:]``,
@@ -1114,7 +1089,7 @@ def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat,
     for b in range(w, nb, nw):
         p0 = boff[b]
         pn = boff[b + 1] - p0
-        _gather(bidx, p0, pn, S, Mu, r, Rl, Lm, soa[0])
+        _gather(bidx, p0, pn, S, Mu, r, Rl, soa[0])
         for ch in range(nch):
             ix = borig[b, 0] + (ch & 1) * cxy
             iy = borig[b, 1] + ((ch >> 1) & 1) * cxy
@@ -1130,7 +1105,7 @@ def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat,
                 continue
             cx, cy, cz = _site(o, A, ix + 0.5 * (cxy - 1), iy + 0.5 * (cxy - 1), iz + 0.5 * (cz_ - 1))
             uh = _hint(uhv, uoff, udim, clev, cxy, ix, iy, iz)
-            m = _block_keep(soa, 0, pn, cx, cy, cz, hxy, hxy, hz, A, Ai, work[0], work[1], work[2], work[3], keep, uh, True)
+            m = _block_keep(soa, 0, pn, cx, cy, cz, hxy, hxy, hz, A, work[0], work[1], work[2], work[3], keep, uh, True)
             base = p0 * nch + ch * pn
             for u in range(m):
                 tmp[base + u] = bidx[p0 + keep[u]]
@@ -1140,7 +1115,7 @@ def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat,
 @numba.njit(cache=True, nogil=True)
 def _descend_worker(
     slabs, out_grid, out_pts, torig, toff, tidx, sstart, sizes, sizesz, hxy, hz, sat, sdv, X, bstart,
-    o, A, Ai, S, Mu, r, Rtab, Lm, Gl, T, T32, ids, soa, work, iwork, b32, l32, slab, screen, slab_w, keep_out, uhv, uoff, udim,
+    o, A, S, Mu, r, Rtab, Gl, T, T32, ids, soa, work, iwork, b32, l32, slab, screen, slab_w, keep_out, uhv, uoff, udim,
 ):  # pragma: no cover - compiled
     """Depth-first from the task blocks down to the leaves, for the slabs ``slabs``.
 
@@ -1199,7 +1174,7 @@ def _descend_worker(
             pn = toff[t0 + 1] - p0
             for u in range(pn):
                 ids[0, u] = tidx[p0 + u]
-            _gather(ids[0], 0, pn, S, Mu, r, Rtab[1], Lm, soa[0])
+            _gather(ids[0], 0, pn, S, Mu, r, Rtab[1], soa[0])
             cnt[0] = pn
             nxt[0] = 0
             org[0, 0] = torig[t0, 0]
@@ -1226,7 +1201,7 @@ def _descend_worker(
                 n_par = cnt[lev]
                 is_leaf = lev + 1 == nl - 1
                 uh = _hint(uhv, uoff, udim, lev + 1, cxy, ix, iy, iz)
-                m = _block_keep(soa, lev, n_par, cx, cy, cz, hxy[lev + 1], hxy[lev + 1], hz[lev + 1], A, Ai, qc, lin, sl, hi, keep, uh, not is_leaf)  # leaves' parents: two passes (_lower reads q, L)
+                m = _block_keep(soa, lev, n_par, cx, cy, cz, hxy[lev + 1], hxy[lev + 1], hz[lev + 1], A, qc, lin, sl, hi, keep, uh, not is_leaf)  # leaves' parents: two passes (_lower reads q, L)
                 if m == 1 and not points_mode and (not use_sat or _box_full(sat, sdv, ix, iy, iz, cxy, czz)):
                     # One survivor: it is strictly better than every dropped cell everywhere in the
                     # block (engine notes), so it owns every site, ties included; no descent.
@@ -1383,43 +1358,14 @@ def _cells3(seeds, metrics):  # pragma: no cover - compiled
     return S, Mu, bad_sym, bad_pd
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _lambda_min_lower(g00, g01, g02, g11, g12, g22):  # pragma: no cover - compiled
-    """A lower bound (>= 0) of the smallest eigenvalue of the symmetric 3 x 3 matrix with these entries.
-
-    Newton's method on the characteristic polynomial ``p(l) = det(G - l I)``
-    from ``l = 0``: for an SPD matrix ``p`` is decreasing and convex on
-    ``[0, lambda_min]`` (``p'' = 2 tr - 6 l >= 0`` there, as ``lambda_min <=
-    tr / 3``), so each tangent's root stays below ``lambda_min`` and the
-    iterates rise towards it (6 steps: within 10 % even for a triple root, closer for the
-    anisotropies of grain markers; a lower bound in any case). 1e-9 of the
-    trace is subtracted for rounding; a matrix that is not clearly positive
-    definite gets 0 (no bound).
-    """
-    tr = g00 + g11 + g22
-    c2 = g00 * g11 - g01 * g01 + g00 * g22 - g02 * g02 + g11 * g22 - g12 * g12
-    det = g00 * (g11 * g22 - g12 * g12) - g01 * (g01 * g22 - g12 * g02) + g02 * (g01 * g12 - g11 * g02)
-    lam = 0.0
-    if det > 0.0 and c2 > 0.0:
-        for _ in range(6):  # p(l) = det - c2 l + tr l^2 - l^3
-            p = det - lam * (c2 - lam * (tr - lam))
-            dp = -c2 + lam * (2.0 * tr - 3.0 * lam)
-            if not (p > 0.0 and dp < 0.0):
-                break
-            lam -= p / dp
-    lam -= 1e-9 * abs(tr)
-    return lam if lam > 0.0 else 0.0
-
-
 @numba.njit(cache=True, nogil=True)
-def _tables(Mu, A, H, R, Gl, Lm, j0, j1):  # pragma: no cover - compiled
+def _tables(Mu, A, H, R, Gl, j0, j1):  # pragma: no cover - compiled
     """Per-cell tables of a lattice ``A`` (3, 3) for cells ``j0:j1``: ``R`` for every level's half-extents ``H`` (L, 3), and ``Gl``.
 
     ``Gl[j]`` holds the unique entries of ``G = A M_j A^T`` and
     ``R[l, j] = max |sum_k +-H[l, k] A[k]|_{M_j}`` over the box vertices (the
     norm is convex, so the maximum over the box is at a vertex); the squared
     norm of a vertex is ``sum_kl s_k s_l H_k H_l G_kl``. Padded by 1e-12 relative.
-    ``Lm[j]`` is a lower bound of G's smallest eigenvalue (:func:`_lambda_min_lower`).
     """
     L = H.shape[0]
     M = np.empty((3, 3))
@@ -1444,15 +1390,6 @@ def _tables(Mu, A, H, R, Gl, Lm, j0, j1):  # pragma: no cover - compiled
             e_ = 2.0 * h1 * h2 * g12
             q = a_ + max(max(b_ + c_ + e_, -b_ + c_ - e_), max(b_ - c_ - e_, -b_ - c_ + e_))
             R[lv, j] = np.sqrt(max(q, 0.0)) * (1.0 + 1e-12)
-        Lm[j] = _lambda_min_lower(g00, g01, g02, g11, g12, g22)
-
-
-def _lattice_inverse(A: np.ndarray) -> np.ndarray:
-    """``A^-1`` for the box bound's lattice coordinates; zero rows where ``A`` has none (flat lattices: no bound along z)."""
-    Ai = np.zeros((3, 3))
-    live = np.flatnonzero(np.abs(A).sum(axis=1) > 0)
-    Ai[:, live] = np.linalg.pinv(A[live])
-    return Ai
 
 
 def _padded(g: "GBPD") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1511,10 +1448,9 @@ def _run_tree(
     H = np.stack([hxy, hxy, hz], axis=1)
     Rtab = np.empty((len(H), len(Mu)))
     Gl = np.empty((len(Mu), 6))
-    Lm = np.empty(len(Mu))
     nt = default_workers() if len(Mu) > 4096 else 1
     chunk = -(-len(Mu) // nt)
-    run_workers(lambda w, k: _tables(Mu, A, H, Rtab, Gl, Lm, w * chunk, min(len(Mu), (w + 1) * chunk)), nt)
+    run_workers(lambda w, k: _tables(Mu, A, H, Rtab, Gl, w * chunk, min(len(Mu), (w + 1) * chunk)), nt)
     if X.shape[0] == 0:
         lz = 1 if flat else leaf_xy
         # leaf site v = (k * leaf + j) * leaf + i at offsets t from the leaf centre; q = q_c + T . coefficients
@@ -1528,7 +1464,6 @@ def _run_tree(
     # column 6: C_j = sum |G_j entries| max|T| (the quadratic part of _lower's S)
     Gl = np.ascontiguousarray(np.concatenate([Gl, np.abs(Gl) @ Tmax[[3, 6, 7, 4, 8, 5]][:, None]], axis=1))
     screen = bool(_F32_SCREEN)
-    Ai = _lattice_inverse(A)
     if _HINTS and X.shape[0] == 0 and not flat:
         uhv, uoff, udim = _hint_pyramid(S, Mu, r, o, A, shape3, sxy, float(hxy[-1]), Rtab[-1], Gl, sat, sdv)
     else:
@@ -1547,7 +1482,7 @@ def _run_tree(
         corig = np.empty((nb * nch, 3), np.int64)
         args = (
             orig, off, idx, sxy[lvl + 1], sz[lvl + 1], hxy[lvl + 1], hz[lvl + 1], nch, shp, sat, sdv,
-            o, A, Ai, S, Mu, r, Rtab[lvl + 1], Lm, Gl, cnt, tmp, corig, uhv, uoff, udim, lvl + 1,
+            o, A, S, Mu, r, Rtab[lvl + 1], Gl, cnt, tmp, corig, uhv, uoff, udim, lvl + 1,
         )
         run_workers(lambda w, k: _refine_worker(w, k, *args), min(nw, nb))
         keep, off, idx = _compact_children(tmp, off, cnt, nch)
@@ -1585,7 +1520,7 @@ def _run_tree(
         while (i := next(counter)) < nslab:
             _descend_worker(
                 np.array([i], np.int64), out_grid, out_pts, orig, off, idx, sstart, sxy[lvl:], sz[lvl:], hxy[lvl:],
-                hz[lvl:], sat, sdv, X, bstart, o, A, Ai, S, Mu, r, Rl, Lm, Gl, T, T32, *work, screen, slab_w, keep_out,
+                hz[lvl:], sat, sdv, X, bstart, o, A, S, Mu, r, Rl, Gl, T, T32, *work, screen, slab_w, keep_out,
                 uhv, uoff[lvl:], udim[lvl:],
             )
 
