@@ -325,3 +325,22 @@ def test_padding_grows_half_a_spacing_per_doubling_of_the_grains():
     assert padding_spacings(coefs(r4000), 1.0, mu) == pytest.approx(PAD_SPACINGS)
     assert padding_spacings(coefs(r4000 * 2 ** (1 / 3) * 2), 1.0, mu) == pytest.approx(PAD_SPACINGS + 2.0)  # 16x the grains
     assert padding_spacings(coefs(r4000 / 2.56), 2.56, mu) == pytest.approx(PAD_SPACINGS)  # CT voxels to px
+
+
+def test_a_particle_too_large_for_the_grid_gets_a_coarser_spacing(tiny, monkeypatch):
+    # a particle whose centre-of-mass grid would exceed the cap is made on the smallest spacing
+    # (0.01 px steps) that fits, with a warning, and stores that spacing; the rule depends on the
+    # box alone (same particle every time)
+    import stereograin.particle as particle_mod
+
+    arch, coefs, p, _, _, _ = tiny
+    monkeypatch.setattr(particle_mod, "_MAX_COARSE_VOXELS", 40_000)  # the window has 61^3 points at 1 px
+    with pytest.warns(UserWarning, match="hold 2.27e\\+05 points at 1 px.* uses 1.89 px instead"):
+        coarse = assemble(coefs, CT_NM, arch, window_px=30.0, com_spacing_px=1.0)
+    with pytest.warns(UserWarning):
+        again = assemble(coefs, CT_NM, arch, window_px=30.0, com_spacing_px=1.0)
+    assert coarse.com_spacing_px == again.com_spacing_px == 1.89
+    np.testing.assert_array_equal(coarse.centres_px, again.centres_px)
+    h, _, shape = particle_mod._assembly_grid(np.array([[-30.0, 30.0]] * 3), 1.0)
+    assert h == 1.89 and np.prod(shape) == 33**3 <= 40_000
+    assert abs(coarse.n_grains - p.n_grains) <= 0.1 * p.n_grains  # the same particle, centres a little coarser

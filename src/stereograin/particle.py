@@ -66,6 +66,7 @@ particle is bit for bit the one that was assembled.
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -721,13 +722,7 @@ def assemble(
         raise StereograinError(f"assembly padding must be >= 0 px, got {pad_px!r}")
     if start_pad_px is not None and not (pad_px is not None and 0 <= start_pad_px <= pad_px):
         raise StereograinError(f"the starting padding must lie in [0, pad_px], got {start_pad_px!r} px with pad_px = {pad_px!r}")
-    i0 = np.floor(box[:, 0] / h).astype(np.int64)  # grid aligned so that the centre is a grid point
-    i1 = np.ceil(box[:, 1] / h).astype(np.int64)
-    shape = i1 - i0 + 1  # x y z
-    if float(np.prod(shape.astype(np.float64))) > _MAX_COARSE_VOXELS:
-        raise StereograinError(
-            f"assembly grid of {np.prod(shape.astype(np.float64)):.3g} voxels is too large; use a larger centre-of-mass spacing than {h:g} px"
-        )
+    h, i0, shape = _assembly_grid(box, h)
     arch = architecture
     n = arch.n
     to_ct = arch.px_nm / ct_voxel_nm  # px -> CT voxels
@@ -771,6 +766,36 @@ def assemble(
         com_spacing_px=h,
         provenance=dict(provenance or {}),
     )
+
+
+def _assembly_grid(box: np.ndarray, h: float) -> tuple[float, np.ndarray, np.ndarray]:
+    """The centre-of-mass grid over ``box`` (px, (3, 2)): ``(spacing, first index (x y z), shape (x y z))``.
+
+    The grid is aligned so that the centre is a grid point. A particle whose
+    grid at spacing ``h`` would exceed :data:`_MAX_COARSE_VOXELS` points (the
+    paper model's size law draws one of about 50 um in a thousand) gets a
+    spacing scaled by the cube root of the excess (rounded up to 0.01 px;
+    coarser again if that does not fit yet), with a warning: its
+    centres are then a little less precise (the error grows like ``h^2``; the
+    particle stores its spacing as ``com_spacing_px``). The rule depends on the
+    box alone, so the particle is the same however it is made.
+    """
+    h0, first = h, None
+    while True:
+        i0 = np.floor(box[:, 0] / h).astype(np.int64)
+        shape = np.ceil(box[:, 1] / h).astype(np.int64) - i0 + 1  # x y z
+        points = float(np.prod(shape.astype(np.float64)))
+        first = points if first is None else first
+        if points <= _MAX_COARSE_VOXELS:
+            break
+        h = math.ceil(100.0 * h * (points / _MAX_COARSE_VOXELS) ** (1.0 / 3.0)) / 100.0
+    if h != h0:
+        warnings.warn(
+            f"this particle's centre-of-mass grid would hold {first:.3g} points at {h0:g} px, more than "
+            f"{_MAX_COARSE_VOXELS:.3g}; it uses {h:g} px instead (stored as com_spacing_px in particle.json)",
+            stacklevel=3,
+        )
+    return h, i0, shape
 
 
 def padding_spacings(coefficients: np.ndarray, scale: float, mu: float) -> float:
