@@ -405,6 +405,23 @@ def _octant_bound(soa, lev, n, cx, cy, cz, hx, hy, hz, A, hi):  # pragma: no cov
     return Uo
 
 
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FM)
+def _centre_terms(soa, lev, t, cx, cy, cz, hx, hy, hz, A):  # pragma: no cover - compiled
+    """``q = d^T M_t d`` (clipped at 0) and ``L = sum_k h_k |A[k] . M_t d|`` for ``d = c - s_t`` (engine notes)."""
+    dx = cx - soa[lev, 0, t]
+    dy = cy - soa[lev, 1, t]
+    dz = cz - soa[lev, 2, t]
+    wx, wy, wz = _metric_times(soa, lev, t, dx, dy, dz)
+    q = dx * wx + dy * wy + dz * wz
+    q = q if q > 0.0 else 0.0
+    L = (
+        hx * abs(A[0, 0] * wx + A[0, 1] * wy + A[0, 2] * wz)
+        + hy * abs(A[1, 0] * wx + A[1, 1] * wy + A[1, 2] * wz)
+        + hz * abs(A[2, 0] * wx + A[2, 1] * wy + A[2, 2] * wz)
+    )
+    return q, L
+
+
 @numba.njit(cache=True, nogil=True, fastmath=_FM)
 def _block_keep_given(soa, lev, n, npad, cx, cy, cz, hx, hy, hz, A, flag, keep, U):  # pragma: no cover - compiled
     """:func:`_block_keep` with ``U`` given (the leaf hints'): one pass, no square roots.
@@ -413,31 +430,10 @@ def _block_keep_given(soa, lev, n, npad, cx, cy, cz, hx, hy, hz, A, flag, keep, 
     ``1e-8 (|U| + 3 R + 2 |r| + 1)``: where the test is close (``lo ~ U + r``)
     it is at least :func:`_block_keep`'s ``1e-8 (up + R + |r| + 1)``, as ``up <=
     sqrt(q) + R <= lo + 2 R``, and like it far above the rounding of the values
-    compared. ``q`` and ``L`` are left to :func:`_lower`.
+    compared. (The leaves' parents take the two-pass test: :func:`_lower` reads its ``q`` and ``L``.)
     """
-    a00, a01, a02 = A[0, 0], A[0, 1], A[0, 2]
-    a10, a11, a12 = A[1, 0], A[1, 1], A[1, 2]
-    a20, a21, a22 = A[2, 0], A[2, 1], A[2, 2]
     for t in range(npad):
-        dx = cx - soa[lev, 0, t]
-        dy = cy - soa[lev, 1, t]
-        dz = cz - soa[lev, 2, t]
-        m00 = soa[lev, 3, t]
-        m01 = soa[lev, 4, t]
-        m02 = soa[lev, 5, t]
-        m11 = soa[lev, 6, t]
-        m12 = soa[lev, 7, t]
-        m22 = soa[lev, 8, t]
-        wx = m00 * dx + m01 * dy + m02 * dz
-        wy = m01 * dx + m11 * dy + m12 * dz
-        wz = m02 * dx + m12 * dy + m22 * dz
-        q = dx * wx + dy * wy + dz * wz
-        q = q if q > 0.0 else 0.0
-        L = (
-            hx * abs(a00 * wx + a01 * wy + a02 * wz)
-            + hy * abs(a10 * wx + a11 * wy + a12 * wz)
-            + hz * abs(a20 * wx + a21 * wy + a22 * wz)
-        )
+        q, L = _centre_terms(soa, lev, t, cx, cy, cz, hx, hy, hz, A)
         Rj = soa[lev, 10, t]
         rj = soa[lev, 9, t]
         tau = U + rj + 1e-8 * (abs(U) + 3.0 * Rj + 2.0 * abs(rj) + 1.0)
@@ -458,9 +454,6 @@ def _block_keep(soa, lev, n, cx, cy, cz, hx, hy, hz, A, qc, lin, sl, hi, keep, u
     about 6 arrays is not vectorised at all: LLVM's runtime alias checks exceed
     their budget; so ``p`` is left to :func:`_lower`.)
     """
-    a00, a01, a02 = A[0, 0], A[0, 1], A[0, 2]
-    a10, a11, a12 = A[1, 0], A[1, 1], A[1, 2]
-    a20, a21, a22 = A[2, 0], A[2, 1], A[2, 2]
     # The vector loops run to a multiple of 16 (LLVM's vectorised body) so that no scalar
     # remainder loop is left; the padding columns of the scratch hold finite stale values whose
     # results are never read (U and the kept list only look at t < n).
@@ -468,24 +461,7 @@ def _block_keep(soa, lev, n, cx, cy, cz, hx, hy, hz, A, qc, lin, sl, hi, keep, u
     if fast and uh < np.inf:
         return _block_keep_given(soa, lev, n, npad, cx, cy, cz, hx, hy, hz, A, hi, keep, uh)
     for t in range(npad):
-        dx = cx - soa[lev, 0, t]
-        dy = cy - soa[lev, 1, t]
-        dz = cz - soa[lev, 2, t]
-        m00 = soa[lev, 3, t]
-        m01 = soa[lev, 4, t]
-        m02 = soa[lev, 5, t]
-        m11 = soa[lev, 6, t]
-        m12 = soa[lev, 7, t]
-        m22 = soa[lev, 8, t]
-        wx = m00 * dx + m01 * dy + m02 * dz
-        wy = m01 * dx + m11 * dy + m12 * dz
-        wz = m02 * dx + m12 * dy + m22 * dz
-        q = dx * wx + dy * wy + dz * wz
-        q = q if q > 0.0 else 0.0
-        p0 = a00 * wx + a01 * wy + a02 * wz
-        p1 = a10 * wx + a11 * wy + a12 * wz
-        p2 = a20 * wx + a21 * wy + a22 * wz
-        L = hx * abs(p0) + hy * abs(p1) + hz * abs(p2)
+        q, L = _centre_terms(soa, lev, t, cx, cy, cz, hx, hy, hz, A)
         Rj = soa[lev, 10, t]
         rj = soa[lev, 9, t]
         # up = sqrt(q + 2L + R^2) >= |x - s_j| on the block (engine notes). It is also <= sqrt(q) + R
