@@ -341,6 +341,7 @@ def test_a_particle_too_large_for_the_grid_gets_a_coarser_spacing(tiny, monkeypa
         again = assemble(coefs, CT_NM, arch, window_px=30.0, com_spacing_px=1.0)
     assert coarse.com_spacing_px == again.com_spacing_px == 1.89
     np.testing.assert_array_equal(coarse.centres_px, again.centres_px)
-    h, _, shape = particle_mod._assembly_grid(np.array([[-30.0, 30.0]] * 3), 1.0)
+    with pytest.warns(UserWarning):
+        h, _, shape = particle_mod._assembly_grid(np.array([[-30.0, 30.0]] * 3), 1.0)
     assert h == 1.89 and np.prod(shape) == 33**3 <= 40_000
     assert abs(coarse.n_grains - p.n_grains) <= 0.1 * p.n_grains  # the same particle, centres a little coarser
