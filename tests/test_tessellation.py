@@ -236,7 +236,7 @@ def test_leaf_hints_bound_every_leaf_and_pool_by_their_max(case, masked):
     if masked:
         sat = np.zeros(tuple(v + 1 for v in nl), np.int64)
         sat[1:, 1:, 1:] = lmask.cumsum(0).cumsum(1).cumsum(2)
-    vals, off, dims = tess._hint_pyramid(S, Mu, r, origin, A, shape, sxy, float(H[-1, 0]), Rtab[-1], Gl, sat, leaf)
+    vals, off, dims = tess._hint_pyramid(S, Mu, r, origin, A, shape, sxy, float(H[-1, 0]), Rtab[-1], Gl, sat)
     if case == "sparse":
         assert vals.size == 0 and len(off) == len(sxy) + 1
         return
@@ -254,6 +254,24 @@ def test_leaf_hints_bound_every_leaf_and_pool_by_their_max(case, masked):
         p = np.full(tuple(2 * v for v in coarse.shape), -np.inf)
         p[: fine.shape[0], : fine.shape[1], : fine.shape[2]] = fine
         np.testing.assert_array_equal(coarse, p.reshape(coarse.shape[0], 2, coarse.shape[1], 2, coarse.shape[2], 2).max(axis=(1, 3, 5)))
+
+
+def test_fill_hints_carries_bounds_across_empty_leaves():
+    # a leaf without a hint gets a neighbour's plus the step's length, along the shortest path of
+    # steps; masked-out leaves (-inf) stay so and pass nothing on
+    h = np.full((5, 6, 7), np.inf)
+    h[4, 5, 6] = 1.0  # the far corner: the sweeps must carry it back across the whole grid
+    h[2, :, :] = -np.inf
+    h[2, 3, 3] = np.inf  # the only way through the masked plane
+    step = np.array([0.5, 2.0, 3.0])  # x y z
+    tess._fill_hints(h, step)
+    k, j, i = np.indices(h.shape)
+    above = k > 2
+    np.testing.assert_allclose(h[above], 1.0 + (4 - k[above]) * 3.0 + (5 - j[above]) * 2.0 + (6 - i[above]) * 0.5)
+    through = h[3, 3, 3] + 3.0
+    assert h[2, 3, 3] == through and np.all(h[2][np.arange(6)[:, None] * 7 + np.arange(7) != 3 * 7 + 3] == -np.inf)
+    below = k < 2
+    np.testing.assert_allclose(h[below], through + (2 - k[below]) * 3.0 + np.abs(j[below] - 3) * 2.0 + np.abs(i[below] - 3) * 0.5)
 
 
 @pytest.mark.parametrize("hints", [True, False])

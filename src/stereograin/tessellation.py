@@ -901,18 +901,18 @@ def _leaf_hints(w, nw, start, F, o, A, leaf, hx, hy, hz, lmask, out):  # pragma:
     """Upper bounds of ``min_i f_i`` on the leaves of z rows ``w, w + nw, ...`` (engine notes: leaf hints).
 
     ``out[kz, ky, kx] = min_j up_j - r_j + slack_j`` over the seeds binned in the
-    leaf's bin and its 26 neighbours (:func:`_bin_seeds`, fields ``F`` from
-    :func:`_binned_fields`), with ``up_j`` the block bound of
-    :func:`_block_keep` on the leaf's box; ``inf`` if no seed is near, ``-inf``
-    for masked-out leaves (nothing there is labelled). Each row of leaves
-    takes the seeds of its 9 rows of bins in one pass, each seed giving its
-    (up to) 3 leaves of the row.
+    leaf's bin and its 6 face neighbours, or its 26 neighbours if those hold
+    none (:func:`_bin_seeds`, fields ``F`` from :func:`_binned_fields`), with
+    ``up_j`` the block bound of :func:`_block_keep` on the leaf's box; ``inf``
+    if no seed is near (:func:`_fill_hints` then gives one), ``-inf`` for
+    masked-out leaves (nothing there is labelled). A row of leaves takes the
+    seeds of 5 rows of bins, one pass each (:func:`_hint_row`).
     """
     nlz, nly, nlx = out.shape
     bx, by = nlx + 2, nly + 2
     masked = lmask.size > 1
     c0 = 0.5 * (leaf - 1)
-    # the x step between neighbouring leaves, and its products with each seed's metric
+    # the step between neighbouring leaves along x
     stx, sty, stz = leaf * A[0, 0], leaf * A[0, 1], leaf * A[0, 2]
     for kz in range(w, nlz, nw):
         for ky in range(nly):
@@ -970,16 +970,23 @@ def _fill_hints(h, step):  # pragma: no cover - compiled
 
     ``f_j(x + d) <= f_j(x) + |d|_{M_j}`` (triangle inequality), and a step of one leaf along
     lattice axis ``k`` has ``|d|_{M_j} = leaf sqrt(G_j[k, k]) <= step[k]`` for every cell, so
-    a face neighbour's hint plus ``step`` bounds ``min_i f_i`` on the leaf too. Repeated until
-    no leaf changes; masked-out leaves (``-inf``) are no source.
+    a face neighbour's hint plus ``step`` bounds ``min_i f_i`` on the leaf too. Sweeps go
+    forwards and backwards in turn (each carries a bound across the whole grid in its
+    direction) until no leaf changes; masked-out leaves (``-inf``) are no source.
     """
     nz, ny, nx = h.shape
     changed = True
+    sweep = 0
     while changed:
         changed = False
-        for k in range(nz):
-            for j in range(ny):
-                for i in range(nx):
+        back = sweep % 2 == 1
+        sweep += 1
+        for k_ in range(nz):
+            k = nz - 1 - k_ if back else k_
+            for j_ in range(ny):
+                j = ny - 1 - j_ if back else j_
+                for i_ in range(nx):
+                    i = nx - 1 - i_ if back else i_
                     if h[k, j, i] != np.inf:
                         continue
                     best = np.inf
@@ -1000,13 +1007,16 @@ def _fill_hints(h, step):  # pragma: no cover - compiled
 
 def _hint_pyramid(
     S: np.ndarray, Mu: np.ndarray, r: np.ndarray, o: np.ndarray, A: np.ndarray, shape3: tuple[int, int, int],
-    sxy: np.ndarray, hleaf: float, Rleaf: np.ndarray, Gl: np.ndarray, sat: np.ndarray, sdv: int,
+    sxy: np.ndarray, hleaf: float, Rleaf: np.ndarray, Gl: np.ndarray, sat: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Leaf hints (:func:`_leaf_hints`) max-pooled to every level of the block tree: ``(values, offsets, dims)``.
 
     Level ``l`` (block size ``sxy[l]`` sites) has ``dims[l]`` = (z, y, x) blocks
     at ``values[offsets[l]:offsets[l + 1]]``; a block's entry bounds ``min_i f_i``
-    at every site of its unmasked leaves (:func:`_hint`).
+    at every site of its unmasked leaves (:func:`_hint`). ``sat`` is the masked
+    lattice's summed-volume table of leaves (``(1, 1, 1)``: no mask). No hints
+    (empty arrays) where the labelled leaves hold fewer than ``_HINT_MIN_SEEDS``
+    seeds each on average.
     """
     leaf = int(sxy[-1])
     nl = np.array([-(-s // leaf) for s in shape3], np.int64)
@@ -1042,7 +1052,6 @@ def _hint(uhv, uoff, udim, lev, size, ix, iy, iz):  # pragma: no cover - compile
     if uhv.shape[0] == 0:
         return np.inf
     return uhv[uoff[lev] + ((iz // size) * udim[lev, 1] + iy // size) * udim[lev, 2] + ix // size]
-
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1441,7 +1450,7 @@ def _run_tree(
     Gl = np.ascontiguousarray(np.concatenate([Gl, np.abs(Gl) @ Tmax[[3, 6, 7, 4, 8, 5]][:, None]], axis=1))
     screen = bool(_F32_SCREEN)
     if _HINTS and X.shape[0] == 0 and not flat:
-        uhv, uoff, udim = _hint_pyramid(S, Mu, r, o, A, shape3, sxy, float(hxy[-1]), Rtab[-1], Gl, sat, sdv)
+        uhv, uoff, udim = _hint_pyramid(S, Mu, r, o, A, shape3, sxy, float(hxy[-1]), Rtab[-1], Gl, sat)
     else:
         uhv, uoff, udim = np.zeros(0), np.zeros(len(sxy) + 1, np.int64), np.zeros((len(sxy), 3), np.int64)
     shp = np.array(shape3, np.int64)
