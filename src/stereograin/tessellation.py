@@ -386,17 +386,7 @@ def _octant_bound(soa, lev, n, cx, cy, cz, hx, hy, hz, A, hi):  # pragma: no cov
         Ug = np.inf
         for b in range(cnt):
             t = best[b]
-            dx = ox - soa[lev, 0, t]
-            dy = oy - soa[lev, 1, t]
-            dz = oz - soa[lev, 2, t]
-            wx, wy, wz = _metric_times(soa, lev, t, dx, dy, dz)
-            q = dx * wx + dy * wy + dz * wz
-            q = q if q > 0.0 else 0.0
-            L = (
-                gx * abs(A[0, 0] * wx + A[0, 1] * wy + A[0, 2] * wz)
-                + gy * abs(A[1, 0] * wx + A[1, 1] * wy + A[1, 2] * wz)
-                + gz * abs(A[2, 0] * wx + A[2, 1] * wy + A[2, 2] * wz)
-            )
+            q, L = _centre_terms(soa, lev, t, ox, oy, oz, gx, gy, gz, A)
             Rj = 0.5 * soa[lev, 10, t]  # the octant's box is half the block's: its metric radius is half
             rj = soa[lev, 9, t]
             up = np.sqrt(q + 2.0 * L + Rj * Rj)
@@ -406,12 +396,11 @@ def _octant_bound(soa, lev, n, cx, cy, cz, hx, hy, hz, A, hi):  # pragma: no cov
 
 
 @numba.njit(cache=True, nogil=True, inline="always", fastmath=_FM)
-def _centre_terms(soa, lev, t, cx, cy, cz, hx, hy, hz, A):  # pragma: no cover - compiled
-    """``q = d^T M_t d`` (clipped at 0) and ``L = sum_k h_k |A[k] . M_t d|`` for ``d = c - s_t`` (engine notes)."""
-    dx = cx - soa[lev, 0, t]
-    dy = cy - soa[lev, 1, t]
-    dz = cz - soa[lev, 2, t]
-    wx, wy, wz = _metric_times(soa, lev, t, dx, dy, dz)
+def _q_and_l(dx, dy, dz, m00, m01, m02, m11, m12, m22, hx, hy, hz, A):  # pragma: no cover - compiled
+    """``q = d^T M d`` (clipped at 0) and ``L = sum_k h_k |A[k] . M d|`` (engine notes; ``M`` by its unique entries)."""
+    wx = m00 * dx + m01 * dy + m02 * dz
+    wy = m01 * dx + m11 * dy + m12 * dz
+    wz = m02 * dx + m12 * dy + m22 * dz
     q = dx * wx + dy * wy + dz * wz
     q = q if q > 0.0 else 0.0
     L = (
@@ -420,6 +409,15 @@ def _centre_terms(soa, lev, t, cx, cy, cz, hx, hy, hz, A):  # pragma: no cover -
         + hz * abs(A[2, 0] * wx + A[2, 1] * wy + A[2, 2] * wz)
     )
     return q, L
+
+
+@numba.njit(cache=True, nogil=True, inline="always", fastmath=_FM)
+def _centre_terms(soa, lev, t, cx, cy, cz, hx, hy, hz, A):  # pragma: no cover - compiled
+    """:func:`_q_and_l` for ``d = c - s_t`` and the gathered cell ``t``."""
+    return _q_and_l(
+        cx - soa[lev, 0, t], cy - soa[lev, 1, t], cz - soa[lev, 2, t],
+        soa[lev, 3, t], soa[lev, 4, t], soa[lev, 5, t], soa[lev, 6, t], soa[lev, 7, t], soa[lev, 8, t], hx, hy, hz, A,
+    )
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FM)
@@ -872,19 +870,7 @@ def _hint_row(orow, F, u0, u1, bxr, byr, bzr, stx, sty, stz, A, hx, hy, hz, span
         Rj = F[u, 10]
         k0 = int(F[u, 11]) - 1
         for kx in range(max(k0 - span, x0), min(k0 + span + 1, x1)):
-            dx = ex + kx * stx
-            dy = ey + kx * sty
-            dz = ez + kx * stz
-            wx = m00 * dx + m01 * dy + m02 * dz
-            wy = m01 * dx + m11 * dy + m12 * dz
-            wz = m02 * dx + m12 * dy + m22 * dz
-            q = dx * wx + dy * wy + dz * wz
-            q = q if q > 0.0 else 0.0
-            L = (
-                hx * abs(A[0, 0] * wx + A[0, 1] * wy + A[0, 2] * wz)
-                + hy * abs(A[1, 0] * wx + A[1, 1] * wy + A[1, 2] * wz)
-                + hz * abs(A[2, 0] * wx + A[2, 1] * wy + A[2, 2] * wz)
-            )
+            q, L = _q_and_l(ex + kx * stx, ey + kx * sty, ez + kx * stz, m00, m01, m02, m11, m12, m22, hx, hy, hz, A)
             v2 = q + 2.0 * L + Rj * Rj
             cur = orow[kx]
             b = cur + rj
