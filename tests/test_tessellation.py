@@ -232,11 +232,7 @@ def test_leaf_hints_bound_every_leaf_and_pool_by_their_max(case, masked):
     tess._tables(Mu, A, H, Rtab, Gl, 0, g.n)
     nl = tuple(-(-s // leaf) for s in shape)
     lmask = rng.random(nl) < 0.6 if masked else np.ones(nl, bool)
-    sat = np.zeros((1, 1, 1), np.int64)
-    if masked:
-        sat = np.zeros(tuple(v + 1 for v in nl), np.int64)
-        sat[1:, 1:, 1:] = lmask.cumsum(0).cumsum(1).cumsum(2)
-    vals, off, dims = tess._hint_pyramid(S, Mu, r, origin, A, shape, sxy, float(H[-1, 0]), Rtab[-1], Gl, sat)
+    vals, off, dims = tess._hint_pyramid(S, Mu, r, origin, A, shape, sxy, float(H[-1, 0]), Rtab[-1], Gl, lmask if masked else None)
     if case == "sparse":
         assert vals.size == 0 and len(off) == len(sxy) + 1
         return

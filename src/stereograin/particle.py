@@ -299,32 +299,17 @@ def _open_faces(labels, mask, b, open_):  # pragma: no cover - compiled
                 z0, z1 = kb * b, min((kb + 1) * b, Z)
                 y0, y1 = jb * b, min((jb + 1) * b, Y)
                 x0, x1 = ib * b, min((ib + 1) * b, X)
-                for side in range(6):
-                    ax = side >> 1
-                    up = side & 1
-                    if ax == 0:
-                        edge = (kb == nz - 1) if up else (kb == 0)
-                        if not edge and mask[kb + 1 if up else kb - 1, jb, ib]:
-                            continue
-                        k = z1 - 1 if up else z0
-                        for j in range(y0, y1):
-                            for i in range(x0, x1):
-                                open_[labels[k, j, i]] = True
-                    elif ax == 1:
-                        edge = (jb == ny - 1) if up else (jb == 0)
-                        if not edge and mask[kb, jb + 1 if up else jb - 1, ib]:
-                            continue
-                        j = y1 - 1 if up else y0
-                        for k in range(z0, z1):
-                            for i in range(x0, x1):
-                                open_[labels[k, j, i]] = True
-                    else:
-                        edge = (ib == nx - 1) if up else (ib == 0)
-                        if not edge and mask[kb, jb, ib + 1 if up else ib - 1]:
-                            continue
-                        i = x1 - 1 if up else x0
-                        for k in range(z0, z1):
-                            for j in range(y0, y1):
+                for side in range(6):  # -z +z -y +y -x +x
+                    ax, step = side >> 1, 2 * (side & 1) - 1
+                    nk, nj, ni = kb + step * (ax == 0), jb + step * (ax == 1), ib + step * (ax == 2)
+                    if 0 <= nk < nz and 0 <= nj < ny and 0 <= ni < nx and mask[nk, nj, ni]:
+                        continue  # a masked neighbour block: no 0 voxel across this face
+                    ka, ke = (z1 - 1, z1) if ax == 0 and step > 0 else ((z0, z0 + 1) if ax == 0 else (z0, z1))
+                    ja, je = (y1 - 1, y1) if ax == 1 and step > 0 else ((y0, y0 + 1) if ax == 1 else (y0, y1))
+                    ia, ie = (x1 - 1, x1) if ax == 2 and step > 0 else ((x0, x0 + 1) if ax == 2 else (x0, x1))
+                    for k in range(ka, ke):
+                        for j in range(ja, je):
+                            for i in range(ia, ie):
                                 open_[labels[k, j, i]] = True
     open_[0] = False
 

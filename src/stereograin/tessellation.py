@@ -810,16 +810,19 @@ def _site(o, A, tx, ty, tz):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _bin_seeds(S, o, Ainv, leaf, nb):  # pragma: no cover - compiled
-    """Seeds by leaf bin of the lattice, with one bin of margin around it: ``(start (nbins + 1,), ids)``.
+def _bin_seeds(S, Mu, r, Rleaf, o, Ainv, leaf, nb):  # pragma: no cover - compiled
+    """The seeds by leaf bin of the lattice, one bin of margin around it: ``(start (nbins + 1,), F (m, 12))``.
 
     Bin ``(kz, ky, kx)`` (stored at ``+1``) holds the seeds whose lattice
     coordinates ``(s - o) A^-1`` fall in leaf ``k``'s cells ``[k leaf - 1/2,
-    (k + 1) leaf - 1/2)``; seeds beyond the margin are left out.
+    (k + 1) leaf - 1/2)``; seeds beyond the margin are left out. Row ``u`` of
+    ``F`` (bin order, bin ``b`` at ``start[b]:start[b + 1]``) holds a seed's
+    ``sx sy sz m00 m01 m02 m11 m12 m22 r R bin_x``.
     """
     n = S.shape[0]
     bx, by, bz = nb[2] + 2, nb[1] + 2, nb[0] + 2
     key = np.empty(n, np.int64)
+    kxs = np.empty(n, np.int64)
     count = np.zeros(bx * by * bz + 1, np.int64)
     for j in range(n):
         dx, dy, dz = S[j, 0] - o[0], S[j, 1] - o[1], S[j, 2] - o[2]
@@ -828,34 +831,25 @@ def _bin_seeds(S, o, Ainv, leaf, nb):  # pragma: no cover - compiled
         kz = np.floor((dx * Ainv[0, 2] + dy * Ainv[1, 2] + dz * Ainv[2, 2] + 0.5) / leaf) + 1
         if 0 <= kx < bx and 0 <= ky < by and 0 <= kz < bz:
             key[j] = (int(kz) * by + int(ky)) * bx + int(kx)
+            kxs[j] = int(kx)
             count[key[j] + 1] += 1
         else:
             key[j] = -1
     for b in range(bx * by * bz):
         count[b + 1] += count[b]
-    ids = np.empty(count[-1], np.int32)
+    F = np.empty((count[-1], 12))
     fill = count[:-1].copy()
     for j in range(n):
         if key[j] >= 0:
-            ids[fill[key[j]]] = j
+            u = fill[key[j]]
             fill[key[j]] += 1
-    return count, ids
-
-
-@numba.njit(cache=True, nogil=True)
-def _binned_fields(ids, S, Mu, r, Rleaf, o, Ai, leaf):  # pragma: no cover - compiled
-    """Per binned seed, in bin order: ``(n, 12)`` rows ``sx sy sz m00 m01 m02 m11 m12 m22 r R bin_x``."""
-    F = np.empty((ids.shape[0], 12))
-    for u in range(ids.shape[0]):
-        j = ids[u]
-        F[u, 0], F[u, 1], F[u, 2] = S[j, 0], S[j, 1], S[j, 2]
-        for f in range(6):
-            F[u, 3 + f] = Mu[j, f]
-        F[u, 9] = r[j]
-        F[u, 10] = Rleaf[j]
-        dx, dy, dz = S[j, 0] - o[0], S[j, 1] - o[1], S[j, 2] - o[2]
-        F[u, 11] = np.floor((dx * Ai[0, 0] + dy * Ai[1, 0] + dz * Ai[2, 0] + 0.5) / leaf) + 1  # as _bin_seeds
-    return F
+            F[u, 0], F[u, 1], F[u, 2] = S[j, 0], S[j, 1], S[j, 2]
+            for f in range(6):
+                F[u, 3 + f] = Mu[j, f]
+            F[u, 9] = r[j]
+            F[u, 10] = Rleaf[j]
+            F[u, 11] = kxs[j]
+    return count, F
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -888,7 +882,7 @@ def _leaf_hints(w, nw, start, F, o, A, leaf, hx, hy, hz, lmask, out):  # pragma:
 
     ``out[kz, ky, kx] = min_j up_j - r_j + slack_j`` over the seeds binned in the
     leaf's bin and its 6 face neighbours, or its 26 neighbours if those hold
-    none (:func:`_bin_seeds`, fields ``F`` from :func:`_binned_fields`), with
+    none (fields ``F`` from :func:`_bin_seeds`), with
     ``up_j`` the block bound of :func:`_block_keep` on the leaf's box; ``inf``
     if no seed is near (:func:`_fill_hints` then gives one), ``-inf`` for
     masked-out leaves (nothing there is labelled). A row of leaves takes the
@@ -993,30 +987,26 @@ def _fill_hints(h, step):  # pragma: no cover - compiled
 
 def _hint_pyramid(
     S: np.ndarray, Mu: np.ndarray, r: np.ndarray, o: np.ndarray, A: np.ndarray, shape3: tuple[int, int, int],
-    sxy: np.ndarray, hleaf: float, Rleaf: np.ndarray, Gl: np.ndarray, sat: np.ndarray,
+    sxy: np.ndarray, hleaf: float, Rleaf: np.ndarray, Gl: np.ndarray, leaf_mask: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Leaf hints (:func:`_leaf_hints`) max-pooled to every level of the block tree: ``(values, offsets, dims)``.
 
     Level ``l`` (block size ``sxy[l]`` sites) has ``dims[l]`` = (z, y, x) blocks
     at ``values[offsets[l]:offsets[l + 1]]``; a block's entry bounds ``min_i f_i``
-    at every site of its unmasked leaves (:func:`_hint`). ``sat`` is the masked
-    lattice's summed-volume table of leaves (``(1, 1, 1)``: no mask). No hints
+    at every site of its unmasked leaves (:func:`_hint`). ``leaf_mask``: the
+    leaves that are labelled (None: all). No hints
     (empty arrays) where the labelled leaves hold fewer than ``_HINT_MIN_SEEDS``
     seeds each on average.
     """
     leaf = int(sxy[-1])
     nl = np.array([-(-s // leaf) for s in shape3], np.int64)
     Ai = np.linalg.inv(A)
-    start, ids = _bin_seeds(S, o, Ai, leaf, nl)
-    if sat.shape[0] > 1:  # the masked lattice's summed-volume table counts unmasked leaves: difference it back
-        lmask = np.diff(np.diff(np.diff(sat, axis=0), axis=1), axis=2) > 0
-    else:
-        lmask = np.ones((1, 1, 1), bool)
+    start, F = _bin_seeds(S, Mu, r, Rleaf, o, Ai, leaf, nl)
+    lmask = np.ones((1, 1, 1), bool) if leaf_mask is None else np.ascontiguousarray(leaf_mask, dtype=bool)
     per_bin = np.diff(start).reshape(tuple(nl + 2))[1:-1, 1:-1, 1:-1]
-    live = lmask if lmask.size > 1 else slice(None)
-    if per_bin[live].mean() < _HINT_MIN_SEEDS:  # a grid much finer than the seeds: the tree's own U is better
+    if per_bin[slice(None) if leaf_mask is None else lmask].mean() < _HINT_MIN_SEEDS:
+        # a grid much finer than the seeds: the tree's own U is better
         return np.zeros(0), np.zeros(len(sxy) + 1, np.int64), np.zeros((len(sxy), 3), np.int64)
-    F = _binned_fields(ids, S, Mu, r, Rleaf, o, Ai, leaf)
     h = np.empty(tuple(nl), np.float64)
     nw = min(default_workers(), int(nl[0]))
     run_workers(lambda w, k: _leaf_hints(w, k, start, F, o, A, leaf, hleaf, hleaf, hleaf, lmask, h), nw)
@@ -1404,6 +1394,7 @@ def _run_tree(
     sat: np.ndarray,
     sdv: int = 1,
     keep_out: bool = False,
+    leaf_mask: np.ndarray | None = None,
 ) -> None:
     """Label the lattice ``o + i A[0] + j A[1] + k A[2]`` over ``shape3 = (nz, ny, nx)`` (see the engine notes).
 
@@ -1411,6 +1402,8 @@ def _run_tree(
     blocks: of points per bucket in points mode (``X`` non-empty), or of
     masked leaves (buckets of ``sdv`` sites a side) in lattice mode, where the
     skipped sites are left 0 (``keep_out``: as they are in ``out_grid``).
+    ``leaf_mask``: the lattice's labelled leaves, as ``sat`` counts them (for
+    the leaf hints; None: all).
     """
     flat = shape3[0] == 1
     sxy, sz = _level_sizes(shape3, leaf_xy, flat)
@@ -1436,7 +1429,7 @@ def _run_tree(
     Gl = np.ascontiguousarray(np.concatenate([Gl, np.abs(Gl) @ Tmax[[3, 6, 7, 4, 8, 5]][:, None]], axis=1))
     screen = bool(_F32_SCREEN)
     if _HINTS and X.shape[0] == 0 and not flat:
-        uhv, uoff, udim = _hint_pyramid(S, Mu, r, o, A, shape3, sxy, float(hxy[-1]), Rtab[-1], Gl, sat)
+        uhv, uoff, udim = _hint_pyramid(S, Mu, r, o, A, shape3, sxy, float(hxy[-1]), Rtab[-1], Gl, leaf_mask)
     else:
         uhv, uoff, udim = np.zeros(0), np.zeros(len(sxy) + 1, np.int64), np.zeros((len(sxy), 3), np.int64)
     shp = np.array(shape3, np.int64)
@@ -1745,7 +1738,7 @@ class GBPD:
                 what = f"{given.dtype} {given.shape}" if isinstance(given, np.ndarray) else type(given).__name__
                 raise StereograinError(f"out must be a writeable C-contiguous int32 array of shape {shp}, got {what}")
         S, Mu, r = _padded(self)
-        sat, sdv, full = np.zeros((1, 1, 1), np.int64), 1, None
+        sat, sdv, full, leaf_mask = np.zeros((1, 1, 1), np.int64), 1, None, None
         if mask is not None:
             leaf_mask, full = _leaf_mask(mask, mask_block, shp, leaf)
             if full is not None and given is not None:  # partial leaves: label apart, then copy the voxels in the mask
@@ -1762,6 +1755,7 @@ class GBPD:
         _run_tree(
             S, Mu, r, o, A, shape3, leaf, 0.0,
             grid, np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros(1, np.int64), sat, sdv, keep_out=given is not None,
+            leaf_mask=leaf_mask,
         )
         if full is not None:
             grid[~full] = 0

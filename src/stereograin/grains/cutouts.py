@@ -142,7 +142,7 @@ def _group_sphere(points, b, groups, g, cg):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True)
-def _label_cutouts(points, seeds, M, r, lam, mu_max, start, end, groups, out):  # pragma: no cover - compiled
+def _label_cutouts(points, seeds, M, r, lam, mu_root, start, end, groups, out):  # pragma: no cover - compiled
     """Exact 0-based winner (global index) of every point of cutout ``b`` among seeds ``start[b]:end[b]``.
 
     Safe pruning: with ``c`` and ``rho`` the centre and radius of the cutout's
@@ -156,7 +156,7 @@ def _label_cutouts(points, seeds, M, r, lam, mu_max, start, end, groups, out):  
     rows of point indices, e.g. 8 x 8 blocks of a 32 x 32 cutout, whose
     smaller spheres give tighter bounds; the larger of the bound above and
     ``|c_g - s_j|_{M_j} - sqrt(mu_max_j) rho_g``, ``mu_max_j`` at least the
-    largest eigenvalue of ``M_j``) and are evaluated, per
+    largest eigenvalue of ``M_j``; ``mu_root`` holds ``sqrt(mu_max)``) and are evaluated, per
     point, in increasing bound until the bound exceeds the point's best cost;
     ties go to the lower index, as in :meth:`GBPD.label_points_bruteforce`.
     """
@@ -209,7 +209,7 @@ def _label_cutouts(points, seeds, M, r, lam, mu_max, start, end, groups, out):  
             Ug = np.inf
             for jj in range(cnt):
                 j = near[jj]
-                Ug = min(Ug, math.sqrt(max(_quad(cgs[g], seeds, M, j), 0.0)) + math.sqrt(mu_max[j]) * rgs[g] - r[j])
+                Ug = min(Ug, math.sqrt(max(_quad(cgs[g], seeds, M, j), 0.0)) + mu_root[j] * rgs[g] - r[j])
             U = max(U, Ug)
         pool = np.empty(n, np.int64)
         low = np.empty(n)
@@ -239,9 +239,9 @@ def _label_cutouts(points, seeds, M, r, lam, mu_max, start, end, groups, out):  
                 # and |c_g - s_j|_M - sqrt(mu_max) rho_g (triangle inequality in the M norm: tighter
                 # along a cell's stiff axes); the upper bound |c_g - s_j|_M + sqrt(mu_max) rho_g
                 lb1 = math.sqrt(lam[j]) * max(math.sqrt(q) - rg, 0.0)
-                lb2 = qm * (1.0 - 1e-12) - math.sqrt(mu_max[j]) * rg
+                lb2 = qm * (1.0 - 1e-12) - mu_root[j] * rg
                 lowg[jj] = max(lb1, lb2) - r[j]
-                Ug = min(Ug, qm * (1.0 + 1e-12) + math.sqrt(mu_max[j]) * rg - r[j])
+                Ug = min(Ug, qm * (1.0 + 1e-12) + mu_root[j] * rg - r[j])
             # the cells that may win a point of the group, in increasing lower bound (an insertion
             # sort: a few dozen); a point stops at the first whose bound exceeds its best cost (it, and
             # every later one, costs more everywhere in the group)
@@ -297,10 +297,11 @@ def label_cutouts(points: np.ndarray, seeds: np.ndarray, M: np.ndarray, r: np.nd
         raise StereograinError("label_cutouts needs points (B, P, d) and a non-empty cell range per cutout")
     M = np.ascontiguousarray(M, dtype=np.float64)
     lam = np.linalg.eigvalsh(M)[:, 0] if lam is None else np.ascontiguousarray(lam, dtype=np.float64)
-    mu_max = np.sqrt(np.einsum("nij,nij->n", M, M)) * (1.0 + 1e-12)  # Frobenius norm >= largest eigenvalue
+    # sqrt of the Frobenius norm (>= the largest eigenvalue), padded for rounding
+    mu_root = np.sqrt(np.sqrt(np.einsum("nij,nij->n", M, M)) * (1.0 + 1e-12)) * (1.0 + 1e-12)
     out = np.empty(pts.shape[:2], np.int64)
     _label_cutouts(pts, np.ascontiguousarray(seeds, dtype=np.float64), M, np.ascontiguousarray(r, dtype=np.float64),
-                   lam, mu_max, st, en, _point_groups(pts.shape[1]), out)
+                   lam, mu_root, st, en, _point_groups(pts.shape[1]), out)
     return out
 
 
