@@ -401,6 +401,27 @@ def test_ties_go_to_the_lowest_index():
     np.testing.assert_array_equal(vor.label_points(grid_points((11, 11))), lab2.ravel())
 
 
+def test_labels_do_not_depend_on_the_order_of_the_cells():
+    # the engine renumbers the cells in z-order of their seeds (speed only): any input order
+    # gives the same partition, numbered as the input, on grids, planes and points
+    rng = np.random.default_rng(11)
+    g = random_gbpd(rng, 300, 3, 30.0, D_range=(0.5, 4.0), r_range=(0.0, 2.0))
+    S, o, A = g.seeds, np.zeros(3), np.eye(3)
+    perm = tess._spatial_order(S, o, A, 8)
+    assert sorted(perm.tolist()) == list(range(300))
+    key = tess._morton_keys(S[perm], o, A, 8.0)
+    assert np.all(np.diff(key) >= 0)
+    assert tess._spatial_order(S[perm], o, A, 8) is None  # already in order: no gathers
+    for order in (perm, rng.permutation(300)):
+        h = GBPD(g.seeds[order], g.metrics[order], g.offsets[order])
+        lab, lab_h = g.label_grid((30, 30, 30)), h.label_grid((30, 30, 30))
+        np.testing.assert_array_equal(order[lab_h - 1], lab - 1)
+        pts = rng.uniform(0, 30, (500, 3))
+        np.testing.assert_array_equal(order[h.label_points(pts) - 1], g.label_points(pts) - 1)
+        plane = ((0.0, 0.0, 15.3), (1.0, 0.0, 0.0), (0.0, 0.6, 0.8), (24, 24))
+        np.testing.assert_array_equal(order[h.label_plane(*plane) - 1], g.label_plane(*plane) - 1)
+
+
 def test_single_cell_and_tiny_grids():
     g = GBPD(np.array([[1.0, 2.0, 3.0]]), np.eye(3)[None] * 4.0, np.array([1.0]))
     assert np.all(g.label_grid((1, 1, 1)) == 1)

@@ -113,18 +113,16 @@ _BOUND_LEVEL = 5
 _KEEP_LABELS_BYTES = 1 << 29
 
 
-def _label_buffer(shape: tuple[int, ...], zero: bool) -> np.ndarray:
+def _label_buffer(shape: tuple[int, ...]) -> np.ndarray:
     """An int32 array of ``shape`` for the assembly's labels, on this thread's reused buffer.
 
     Fresh memory is slow to write the first time (:mod:`stereograin._scratch`;
     a 10 um particle's labels alone are 20 MB), so the next particle writes
-    into the last one's buffer, up to :data:`_KEEP_LABELS_BYTES`. ``zero``:
-    cleared first (a masked labelling leaves the rest of the array as it is).
+    into the last one's buffer, up to :data:`_KEEP_LABELS_BYTES`. It is not
+    cleared: outside the blocks a masked labelling labels it holds stale
+    values, which :func:`cell_moments` with the mask does not read.
     """
-    a = scratch("particle.labels", shape, np.int32, keep_bytes=_KEEP_LABELS_BYTES)
-    if zero:
-        a.fill(0)
-    return a
+    return scratch("particle.labels", shape, np.int32, keep_bytes=_KEEP_LABELS_BYTES)
 
 
 @lru_cache(maxsize=4)
@@ -232,54 +230,66 @@ def shell_extent(coefficients: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _moments(labels, xr, b, k0, dk, cnt, sums, lo, hi, open_, check_open):  # pragma: no cover - compiled
+def _moments(labels, mask, b, k0, dk, cnt, sums, lo, hi, open_, check_open):  # pragma: no cover - compiled
     # One pass over runs of equal labels along x, in the z planes k0, k0 + dk, ...: count,
     # coordinate sums, bounding box and the "open" flag per label (scipy.ndimage needs a pass
     # per statistic, and has no neighbour test). Label 0 is background: counted, nothing else.
-    # Row (k, j) is scanned over x in xr[k // b, j // b] = [start, stop) (voxels beyond are 0,
-    # counted without reading them). Returns False at a label outside 0..n (the caller's
-    # one-line error), True otherwise. ``check_open`` False: the open flags are left to
-    # _open_faces (a masked grid, labelled wherever the mask is set).
+    # Row (k, j) is scanned over the runs of set blocks of mask[k // b, j // b] (b voxels each;
+    # voxels of unset blocks count as background, unread). Returns False at a label outside
+    # 0..n (the caller's one-line error), True otherwise. ``check_open`` False: the open flags
+    # are left to _open_faces (a masked grid, labelled wherever the mask is set).
     Z, Y, X = labels.shape
     n = cnt.shape[0] - 1
+    nbx = mask.shape[2]
     for k in range(k0, Z, dk):
         for j in range(Y):
-            i = xr[k // b, j // b, 0]
-            x_end = xr[k // b, j // b, 1]
-            cnt[0] += X - max(x_end - i, 0)
-            while i < x_end:
-                c = labels[k, j, i]
-                e = i + 1
-                while e < x_end and labels[k, j, e] == c:
-                    e += 1
-                nr = e - i
-                if c < 0 or c > n:
-                    return False
-                cnt[c] += nr
-                if c != 0:
-                    sums[c, 0] += (i + e - 1) * nr // 2  # i + ... + (e - 1), exact: (i + e - 1) nr is even
-                    sums[c, 1] += j * nr
-                    sums[c, 2] += k * nr
-                    lo[c, 0] = min(lo[c, 0], i)
-                    hi[c, 0] = max(hi[c, 0], e - 1)
-                    lo[c, 1] = min(lo[c, 1], j)
-                    hi[c, 1] = max(hi[c, 1], j)
-                    lo[c, 2] = min(lo[c, 2], k)
-                    hi[c, 2] = max(hi[c, 2], k)
-                    if check_open and not open_[c]:
-                        if i == 0 or e == X or j == 0 or k == 0 or j == Y - 1 or k == Z - 1:
-                            open_[c] = True
-                        elif labels[k, j, i - 1] == 0 or labels[k, j, e] == 0:
-                            open_[c] = True
-                        else:
-                            for t in range(i, e):
-                                if (
-                                    labels[k, j - 1, t] == 0 or labels[k, j + 1, t] == 0
-                                    or labels[k - 1, j, t] == 0 or labels[k + 1, j, t] == 0
-                                ):
-                                    open_[c] = True
-                                    break
-                i = e
+            mrow = mask[k // b, j // b]
+            covered = 0
+            ib = 0
+            while ib < nbx:
+                if not mrow[ib]:
+                    ib += 1
+                    continue
+                ie = ib + 1
+                while ie < nbx and mrow[ie]:
+                    ie += 1
+                i, x_end = ib * b, min(ie * b, X)
+                ib = ie
+                covered += x_end - i
+                while i < x_end:
+                    c = labels[k, j, i]
+                    e = i + 1
+                    while e < x_end and labels[k, j, e] == c:
+                        e += 1
+                    nr = e - i
+                    if c < 0 or c > n:
+                        return False
+                    cnt[c] += nr
+                    if c != 0:
+                        sums[c, 0] += (i + e - 1) * nr // 2  # i + ... + (e - 1), exact: (i + e - 1) nr is even
+                        sums[c, 1] += j * nr
+                        sums[c, 2] += k * nr
+                        lo[c, 0] = min(lo[c, 0], i)
+                        hi[c, 0] = max(hi[c, 0], e - 1)
+                        lo[c, 1] = min(lo[c, 1], j)
+                        hi[c, 1] = max(hi[c, 1], j)
+                        lo[c, 2] = min(lo[c, 2], k)
+                        hi[c, 2] = max(hi[c, 2], k)
+                        if check_open and not open_[c]:
+                            if i == 0 or e == X or j == 0 or k == 0 or j == Y - 1 or k == Z - 1:
+                                open_[c] = True
+                            elif labels[k, j, i - 1] == 0 or labels[k, j, e] == 0:
+                                open_[c] = True
+                            else:
+                                for t in range(i, e):
+                                    if (
+                                        labels[k, j - 1, t] == 0 or labels[k, j + 1, t] == 0
+                                        or labels[k - 1, j, t] == 0 or labels[k + 1, j, t] == 0
+                                    ):
+                                        open_[c] = True
+                                        break
+                    i = e
+            cnt[0] += X - covered
     return True
 
 
@@ -334,13 +344,13 @@ def cell_moments(
     n : int
         Largest label.
     mask : bool array, optional
-        Where ``labels`` may be non-zero, in blocks of ``mask_block`` voxels
-        (shape ``ceil(labels.shape / mask_block)``, as
-        :meth:`~stereograin.tessellation.GBPD.label_grid` takes it): each row
-        is read only between its first and last masked block. Voxels outside
-        the mask must be 0 and voxels inside it non-zero (label_grid labels
-        exactly the mask's blocks): ``open_`` is then read off the faces of
-        the masked blocks that border unmasked ones or the grid's edge.
+        The labelled blocks of ``mask_block`` voxels (shape
+        ``ceil(labels.shape / mask_block)``, as
+        :meth:`~stereograin.tessellation.GBPD.label_grid` takes it): only
+        they are read, every voxel outside them counts as background (0)
+        whatever it holds, and every voxel inside must be non-zero (label_grid
+        labels exactly the mask's blocks). ``open_`` is then read off the faces
+        of the masked blocks that border unmasked ones or the grid's edge.
     mask_block : int
         Voxels per mask entry along each axis.
 
@@ -361,17 +371,13 @@ def cell_moments(
         raise StereograinError(f"labels must be a 3D (Z, Y, X) array, got shape {lab.shape}")
     Z, Y, X = lab.shape
     if mask is None:
-        b = max(Z, Y, 1)
-        xr = np.array([0, X], np.int64).reshape(1, 1, 2)
+        b = max(Z, Y, X, 1)  # one block: the whole grid
+        m = np.ones((1, 1, 1), np.bool_)
     else:
         b = int(mask_block)
-        m = np.asarray(mask, dtype=bool)
+        m = np.ascontiguousarray(mask, dtype=bool)
         if b < 1 or m.shape != tuple(-(-v // b) for v in lab.shape):
             raise StereograinError(f"mask of shape {m.shape} in blocks of {mask_block} does not fit labels of shape {lab.shape}")
-        anyx = m.any(axis=2)
-        first = np.argmax(m, axis=2)
-        last = m.shape[2] - 1 - np.argmax(m[:, :, ::-1], axis=2)
-        xr = np.stack([np.where(anyx, first * b, 0), np.where(anyx, np.minimum((last + 1) * b, X), 0)], axis=-1).astype(np.int64)
     nw = min(default_workers(), lab.shape[0]) if lab.size >= _MOMENTS_PARALLEL_VOXELS else 1
     cnt = np.zeros((nw, n + 1), np.int64)
     sums = np.zeros((nw, n + 1, 3), np.int64)
@@ -382,7 +388,7 @@ def cell_moments(
     if lab.size:
 
         def job(w: int, k: int) -> None:
-            ok[w] = _moments(lab, xr, b, w, k, cnt[w], sums[w], lo[w], hi[w], open_[w], mask is None)
+            ok[w] = _moments(lab, m, b, w, k, cnt[w], sums[w], lo[w], hi[w], open_[w], mask is None)
 
         run_workers(job, nw)
         if not ok.all():
@@ -715,14 +721,14 @@ def assemble(
     grid: dict[str, Any] = {"origin": i0 * h, "spacing": h}
     zyx = tuple(int(v) for v in shape[::-1])
     if pad_px is None:
-        lab = arch.gbpd().label_grid(zyx, out=_label_buffer(zyx, zero=False), **grid)
+        lab = arch.gbpd().label_grid(zyx, out=_label_buffer(zyx), **grid)
         counts, mean, lo, hi, open_ = cell_moments(lab, n)
         kept = _kept(coefficients, to_ct, radius_range, i0, h, counts, mean)
     else:
         start = float(pad_px if start_pad_px is None else start_pad_px)
         region, mask = _region_masks(coefficients, 1.0 / to_ct, i0, shape, h, (float(pad_px), start), radius_range)
         gbpd = arch.gbpd()
-        lab = gbpd.label_grid(zyx, mask=mask, mask_block=_MASK_BLOCK, out=_label_buffer(zyx, zero=True), **grid)
+        lab = gbpd.label_grid(zyx, mask=mask, mask_block=_MASK_BLOCK, out=_label_buffer(zyx), **grid)  # stale outside the mask
         while True:
             counts, mean, lo, hi, open_ = cell_moments(lab, n, mask, _MASK_BLOCK)
             kept = _kept(coefficients, to_ct, radius_range, i0, h, counts, mean)

@@ -280,6 +280,13 @@ def plane_points(
 # and the work of the breadth-first levels above them about 6 times. (A lower bound from the
 # box's distance in lattice coordinates times sqrt(lambda_min(A M_j A^T)) was tried with them:
 # 10-40 % shorter coarse lists, but no faster overall, so it was left out.)
+# Cell order (_spatial_order). The engine numbers the cells in z-order (Morton order) of their
+# seeds' lattice bins of two leaves, so cells near each other in space are near each other in
+# its tables (seeds, metrics, radii, G): the candidate lists of a block then read a few cache
+# lines instead of one per cell. On library particles (23,000 cells in input order) this makes
+# labelling about 8 % faster (11 % with the input already in that order: no gathers, and label
+# lookups in order). Output labels and ties are those of the input numbering (orig[c] + 1; a
+# tie goes to the lowest input index), so the order changes nothing but speed.
 # A block (at any level) with a single survivor is filled with it: every dropped cell has
 # lo_j - r_j > U >= that cell's value everywhere in the block, so it wins every site there.
 # At a leaf the candidates are evaluated in increasing lo_j; once lo_j - r_j
@@ -585,10 +592,11 @@ _MAX_S32 = 1e30  # a leaf whose float32 terms could exceed this (overflow) is ev
 
 
 @numba.njit(cache=True, nogil=True)
-def _site_exact(v, ids, soa, lev, order, m, work, T, Gl):  # pragma: no cover - compiled
-    """Exact (float64) cell of leaf site ``v``: candidates in increasing ``low``, ties to the lowest index."""
+def _site_exact(v, ids, soa, lev, order, m, work, T, Gl, orig):  # pragma: no cover - compiled
+    """Exact (float64) cell of leaf site ``v``: candidates in increasing ``low``, ties to the lowest input index ``orig``."""
     best = np.inf
     lab = _NO_LABEL
+    lab_o = _NO_LABEL
     for u in range(m):
         t = order[u]
         if work[0, t] > best:  # work[0, t] <= f_t on the whole leaf: t (and every later one) can neither win nor tie
@@ -600,17 +608,19 @@ def _site_exact(v, ids, soa, lev, order, m, work, T, Gl):  # pragma: no cover - 
         )
         q = q if q > 0.0 else 0.0
         f = np.sqrt(q) - soa[lev, 9, t]
-        if f < best or (f == best and c < lab):
+        oc = orig[c]
+        if f < best or (f == best and oc < lab_o):
             best = f
             lab = c
+            lab_o = oc
     return lab
 
 
 @numba.njit(cache=True, nogil=True, fastmath=_FM)
 def _leaf_lattice(
-    slab, base, sj, sk, lx, ly, lz, ids, soa, lev, order, m, work, T, T32, Gl, b1A, b2A, b1B, b2B, qv, lA, lB, screen
+    slab, base, sj, sk, lx, ly, lz, ids, soa, lev, order, m, work, T, T32, Gl, b1A, b2A, b1B, b2B, qv, lA, lB, screen, orig
 ):  # pragma: no cover - compiled
-    """Exact labels of the ``lx * ly * lz`` sites of a leaf; site ``(i, j, k)`` goes to ``slab[base + k sk + j sj + i]``.
+    """Exact labels of the ``lx * ly * lz`` sites of a leaf: site ``(i, j, k)`` gets ``slab[base + k sk + j sj + i] = orig[c] + 1``.
 
     The float32 screen (see the engine notes): every candidate, in increasing
     lower bound, is evaluated in float32 (8 sites per AVX2 instruction), keeping
@@ -721,7 +731,7 @@ def _leaf_lattice(
             lA, lB = lB, lA
     if exact:
         for v in range(nv):
-            lA[v] = _site_exact(v, ids, soa, lev, order, m, work, T, Gl)
+            lA[v] = _site_exact(v, ids, soa, lev, order, m, work, T, Gl, orig)
     else:
         # decided: fl(b2 - b1) > mth32 >= 2 emax (1 + 1e-4) implies b2 - b1 > 2 emax (relative rounding <= u)
         mth32 = np.float32(2.0 * emax * 1.0001)
@@ -731,18 +741,18 @@ def _leaf_lattice(
         if namb:
             for v in range(nv):
                 if (b2A[v] - b1A[v]) <= mth32:
-                    lA[v] = _site_exact(v, ids, soa, lev, order, m, work, T, Gl)
+                    lA[v] = _site_exact(v, ids, soa, lev, order, m, work, T, Gl, orig)
     for kk in range(lz):
         for jj in range(ly):
             row = np.uint64(base + kk * sk + jj * sj)  # unsigned: no wraparound test, so plain stores
             v0 = np.uint64((kk * ly + jj) * lx)
             for ii in range(lx):
-                slab[row + np.uint64(ii)] = lA[v0 + np.uint64(ii)] + 1
+                slab[row + np.uint64(ii)] = orig[lA[v0 + np.uint64(ii)]] + 1
 
 
 @numba.njit(cache=True, nogil=True)
-def _leaf_points(out, b, X, bstart, ids, soa, order, m, low):  # pragma: no cover - compiled
-    """Exact labels of the points of bucket ``b`` (rows ``bstart[b]:bstart[b+1]`` of ``X``)."""
+def _leaf_points(out, b, X, bstart, ids, soa, order, m, low, orig):  # pragma: no cover - compiled
+    """Exact labels ``orig[c] + 1`` of the points of bucket ``b`` (rows ``bstart[b]:bstart[b+1]`` of ``X``); ties to the lowest ``orig``."""
     for a in range(bstart[b], bstart[b + 1]):
         x0, x1, x2 = X[a, 0], X[a, 1], X[a, 2]
         best = np.inf
@@ -759,7 +769,7 @@ def _leaf_points(out, b, X, bstart, ids, soa, order, m, low):  # pragma: no cove
                 + 2.0 * (soa[4, t] * dx * dy + soa[5, t] * dx * dz + soa[7, t] * dy * dz)
             )
             f = np.sqrt(max(q, 0.0)) - soa[9, t]
-            c = ids[t]
+            c = orig[ids[t]]
             if f < best or (f == best and c < lab):
                 best = f
                 lab = c
@@ -1076,7 +1086,7 @@ def _refine_worker(w, nw, borig, boff, bidx, cxy, cz_, hxy, hz, nch, shape, sat,
 @numba.njit(cache=True, nogil=True)
 def _descend_worker(
     slabs, out_grid, out_pts, torig, toff, tidx, sstart, sizes, sizesz, hxy, hz, sat, sdv, X, bstart,
-    o, A, S, Mu, r, Rtab, Gl, T, T32, ids, soa, work, iwork, b32, l32, slab, screen, slab_w, keep_out, uhv, uoff, udim,
+    o, A, S, Mu, r, Rtab, Gl, T, T32, ids, soa, work, iwork, b32, l32, slab, screen, slab_w, keep_out, uhv, uoff, udim, orig,
 ):  # pragma: no cover - compiled
     """Depth-first from the task blocks down to the leaves, for the slabs ``slabs``.
 
@@ -1087,7 +1097,8 @@ def _descend_worker(
     (5, sites per leaf) float32, ``l32`` (2, sites per leaf) int32 and the slab
     label buffer) belongs to the calling thread. Leaves are labelled in
     ``out_grid`` (lattice mode) or ``out_pts`` (points mode, ``X`` non-empty);
-    slabs are disjoint parts of the output.
+    slabs are disjoint parts of the output. Cells are numbered in the
+    engine's order (:func:`_spatial_order`); the output gets ``orig[c] + 1``.
     """
     nl = sizes.shape[0]
     shape_z = sat.shape[0] - 1 if X.shape[0] > 0 else out_grid.shape[0]
@@ -1167,19 +1178,19 @@ def _descend_worker(
                     # One survivor: it is strictly better than every dropped cell everywhere in the
                     # block (engine notes), so it owns every site, ties included; no descent.
                     _fill_block(slab, ((iz - tz0) * sy + (iy - ty0)) * sxp + ix - tx0, sxp, sy * sxp, cxy, cxy, czz,
-                                ids[lev, keep[0]] + 1)
+                                orig[ids[lev, keep[0]]] + 1)
                     continue
                 if is_leaf:
                     _lower(soa, ids, Gl, lev, keep, m, cx, cy, cz, A, qc, pp, lin, sl, low, hi)
                     _sort_by(low, keep, m, order)
                     if points_mode:
                         b = (iz * shape_y + iy) * shape_x + ix
-                        _leaf_points(out_pts, b, X, bstart, ids[lev], soa[lev], order, m, low)
+                        _leaf_points(out_pts, b, X, bstart, ids[lev], soa[lev], order, m, low, orig)
                     else:
                         base = ((iz - tz0) * sy + (iy - ty0)) * sxp + ix - tx0
                         _leaf_lattice(
                             slab, base, sxp, sy * sxp, lx_, ly_, lz_, ids, soa, lev, order, m, work, T, T32, Gl,
-                            b1A, b2A, b1B, b2B, qv, lA, lB, screen,
+                            b1A, b2A, b1B, b2B, qv, lA, lB, screen, orig,
                         )
                 else:
                     _take(soa, ids, lev, keep, m, Rtab)
@@ -1378,6 +1389,36 @@ def _level_sizes(shape3: tuple[int, int, int], leaf_xy: int, flat: bool) -> tupl
     return np.array(sxy, np.int64), np.array(sz, np.int64)
 
 
+@numba.njit(cache=True, nogil=True)
+def _morton_keys(S, o, Ainv, w):  # pragma: no cover - compiled
+    """Morton (z-order) keys of the seeds' lattice coordinates ``(s - o) A^-1`` in bins of ``w`` sites (10 bits a side)."""
+    n = S.shape[0]
+    key = np.empty(n, np.int64)
+    for j in range(n):
+        dx, dy, dz = S[j, 0] - o[0], S[j, 1] - o[1], S[j, 2] - o[2]
+        k = np.int64(0)
+        for a in range(3):
+            t = (dx * Ainv[0, a] + dy * Ainv[1, a] + dz * Ainv[2, a]) / w + 1.0
+            b = np.int64(min(max(t, 0.0), 1023.0))
+            for bit in range(10):
+                k |= ((b >> bit) & 1) << (3 * bit + a)
+        key[j] = k
+    return key
+
+
+def _spatial_order(S: np.ndarray, o: np.ndarray, A: np.ndarray, w: float) -> np.ndarray | None:
+    """The engine's cell order (engine notes): the seeds in z-order of bins of ``w`` lattice sites.
+
+    Returns a permutation ``(n,)`` int32, or None where the seeds are in that
+    order already. Any order gives the same labels (ties go by the input
+    index), so the sort need not be stable.
+    """
+    key = _morton_keys(S, o, np.linalg.pinv(A), float(w))
+    if np.all(key[1:] >= key[:-1]):
+        return None
+    return np.argsort(key).astype(np.int32)
+
+
 def _run_tree(
     S: np.ndarray,
     Mu: np.ndarray,
@@ -1407,6 +1448,11 @@ def _run_tree(
     """
     flat = shape3[0] == 1
     sxy, sz = _level_sizes(shape3, leaf_xy, flat)
+    perm = _spatial_order(S, o, A, 2 * leaf_xy)  # the engine's cell c is input cell perm[c]
+    if perm is None:
+        perm = np.arange(len(S), dtype=np.int32)
+    else:
+        S, Mu, r = S[perm], Mu[perm], r[perm]
     hxy = 0.5 * (sxy - 1) + hpad
     hz = np.zeros(len(sz)) if flat else 0.5 * (sz - 1) + hpad
     H = np.stack([hxy, hxy, hz], axis=1)
@@ -1485,7 +1531,7 @@ def _run_tree(
             _descend_worker(
                 np.array([i], np.int64), out_grid, out_pts, orig, off, idx, sstart, sxy[lvl:], sz[lvl:], hxy[lvl:],
                 hz[lvl:], sat, sdv, X, bstart, o, A, S, Mu, r, Rl, Gl, T, T32, *work, screen, slab_w, keep_out,
-                uhv, uoff[lvl:], udim[lvl:],
+                uhv, uoff[lvl:], udim[lvl:], perm,
             )
 
     run_workers(job, min(nw, nslab))
