@@ -412,6 +412,11 @@ def test_labels_do_not_depend_on_the_order_of_the_cells():
     key = tess._morton_keys(S[perm], o, A, 8.0)
     assert np.all(np.diff(key) >= 0)
     assert tess._spatial_order(S[perm], o, A, 8) is None  # already in order: no gathers
+    h, p = g.in_grid_order(origin=0.0, spacing=1.0)
+    np.testing.assert_array_equal(p, perm)
+    np.testing.assert_array_equal(h.seeds, g.seeds[perm])
+    h2, p2 = h.in_grid_order(origin=0.0, spacing=1.0)
+    assert h2 is h and np.array_equal(p2, np.arange(300))
     for order in (perm, rng.permutation(300)):
         h = GBPD(g.seeds[order], g.metrics[order], g.offsets[order])
         lab, lab_h = g.label_grid((30, 30, 30)), h.label_grid((30, 30, 30))

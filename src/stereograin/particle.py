@@ -405,6 +405,13 @@ def cell_moments(
     return cnt, mean, lo, hi, open_
 
 
+def _renumbered(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per-label array ``a`` with row ``rows[k]`` taking row ``k`` (a permutation of the labels)."""
+    out = np.empty_like(a)
+    out[rows] = a
+    return out
+
+
 #: Decimals kept of every stored grain array (module notes): 1e-5 px is 0.5 pm.
 DECIMALS = 5
 
@@ -727,10 +734,13 @@ def assemble(
     else:
         start = float(pad_px if start_pad_px is None else start_pad_px)
         region, mask = _region_masks(coefficients, 1.0 / to_ct, i0, shape, h, (float(pad_px), start), radius_range)
-        gbpd = arch.gbpd()
+        # cells in the labelling engine's order (its tables are read in order, the labels need no
+        # mapping back); the moments are mapped to the architecture's numbering
+        gbpd, perm = arch.gbpd().in_grid_order(**grid)
+        rows = np.concatenate([[0], perm + 1])
         lab = gbpd.label_grid(zyx, mask=mask, mask_block=_MASK_BLOCK, out=_label_buffer(zyx), **grid)  # stale outside the mask
         while True:
-            counts, mean, lo, hi, open_ = cell_moments(lab, n, mask, _MASK_BLOCK)
+            counts, mean, lo, hi, open_ = (_renumbered(a, rows) for a in cell_moments(lab, n, mask, _MASK_BLOCK))
             kept = _kept(coefficients, to_ct, radius_range, i0, h, counts, mean)
             grow = kept[open_[kept + 1]]  # kept cells not yet whole get the region's blocks around them
             add = _blocks_around(lo[grow + 1], hi[grow + 1], mask.shape) & region & ~mask if grow.size else None

@@ -284,9 +284,10 @@ def plane_points(
 # seeds' lattice bins of two leaves, so cells near each other in space are near each other in
 # its tables (seeds, metrics, radii, G): the candidate lists of a block then read a few cache
 # lines instead of one per cell. On library particles (23,000 cells in input order) this makes
-# labelling about 8 % faster (11 % with the input already in that order: no gathers, and label
-# lookups in order). Output labels and ties are those of the input numbering (orig[c] + 1; a
-# tie goes to the lowest input index), so the order changes nothing but speed.
+# labelling about 8 % faster (11 % with the input already in that order, GBPD.in_grid_order: no
+# gathers, and label lookups in order; the particle assembly labels that way). Output labels and
+# ties are those of the input numbering (orig[c] + 1; a tie goes to the lowest input index), so
+# the order changes nothing but speed.
 # A block (at any level) with a single survivor is filled with it: every dropped cell has
 # lo_j - r_j > U >= that cell's value everywhere in the block, so it wins every site there.
 # At a leaf the candidates are evaluated in increasing lo_j; once lo_j - r_j
@@ -1806,6 +1807,33 @@ class GBPD:
         if full is not None:
             grid[~full] = 0
         return grid.reshape(shp) if given is None else given
+
+    def in_grid_order(self, origin: np.ndarray | float = 0.0, spacing: float = 1.0) -> tuple["GBPD", np.ndarray]:
+        """This diagram with its cells in the order :meth:`label_grid` works in for a grid at ``origin`` and ``spacing``.
+
+        The engine renumbers the cells by their seeds' position (engine notes:
+        cell order) and maps its labels back; a diagram already in that order
+        skips both (about 4 % of a library particle's labelling). Use it when
+        labels in the new numbering serve as well.
+
+        Returns
+        -------
+        gbpd : GBPD
+            Cell ``c`` is this diagram's cell ``perm[c]``.
+        perm : (n,) int64
+        """
+        d = self.dim
+        o = np.zeros(3)
+        o[:d] = _vector(origin, d, "origin")
+        sp = _check_spacing(spacing)
+        A = np.zeros((3, 3))
+        A[np.arange(d), np.arange(d)] = sp
+        leaf = _LEAF_2D if d == 2 else _LEAF_3D
+        perm = _spatial_order(_padded(self)[0], o, A, 2 * leaf)
+        if perm is None:
+            return self, np.arange(self.n)
+        perm = perm.astype(np.int64)
+        return GBPD(self.seeds[perm], self.metrics[perm], self.offsets[perm]), perm
 
     def label_plane(
         self,
