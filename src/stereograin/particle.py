@@ -230,6 +230,14 @@ def shell_extent(coefficients: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
+def _lookup(a, lut, out, w, nw):  # pragma: no cover - compiled
+    # out = lut[a] on chunk w of nw (numpy's take is one thread and an indexed gather)
+    n = a.shape[0]
+    for i in range(w * n // nw, (w + 1) * n // nw):
+        out[i] = lut[a[i]]
+
+
+@numba.njit(cache=True, nogil=True)
 def _moments(labels, mask, b, k0, dk, cnt, sums, lo, hi, open_, check_open):  # pragma: no cover - compiled
     # One pass over runs of equal labels along x, in the z planes k0, k0 + dk, ...: count,
     # coordinate sums, bounding box and the "open" flag per label (scipy.ndimage needs a pass
@@ -324,6 +332,8 @@ def _open_faces(labels, mask, b, open_):  # pragma: no cover - compiled
     open_[0] = False
 
 
+#: Voxels per thread of :meth:`Particle.label_volume`'s relabelling pass.
+_LOOKUP_VOXELS = 1_000_000
 #: Below this many voxels :func:`cell_moments` runs on one thread (the per-thread tables cost more).
 _MOMENTS_PARALLEL_VOXELS = 1_000_000
 
@@ -526,9 +536,15 @@ class Particle:
             raise StereograinError(
                 f"a {v:g} um grid of this particle has {total:.3g} voxels (more than {max_voxels:.3g}); choose a larger voxel size"
             )
-        lab = self.grains.gbpd().label_grid(tuple(int(s) for s in shape_xyz[::-1]), origin=i0 * vp, spacing=vp)
-        lab[lab > self.n_grains] = 0
-        return lab.astype(np.uint32), i0 * v
+        grid = {"origin": i0 * vp, "spacing": vp}
+        gbpd, perm = self.grains.gbpd().in_grid_order(**grid)  # labelled in the engine's order, mapped back below
+        lab = gbpd.label_grid(tuple(int(s) for s in shape_xyz[::-1]), **grid)
+        # label k of the ordered diagram is grain perm[k - 1] + 1, or 0 if that cell is not kept
+        lut = np.concatenate([[0], np.where(perm < self.n_grains, perm + 1, 0)]).astype(np.uint32)
+        out = np.empty(lab.shape, np.uint32)
+        nw = min(default_workers(), max(1, lab.size // _LOOKUP_VOXELS))
+        run_workers(lambda w, k: _lookup(lab.reshape(-1), lut, out.reshape(-1), w, k), nw)
+        return out, i0 * v
 
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:

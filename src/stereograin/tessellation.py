@@ -609,7 +609,7 @@ def _site_exact(v, ids, soa, lev, order, m, work, T, Gl, orig):  # pragma: no co
         )
         q = q if q > 0.0 else 0.0
         f = np.sqrt(q) - soa[lev, 9, t]
-        oc = orig[c]
+        oc = orig[c] if orig.shape[0] else c
         if f < best or (f == best and oc < lab_o):
             best = f
             lab = c
@@ -621,7 +621,8 @@ def _site_exact(v, ids, soa, lev, order, m, work, T, Gl, orig):  # pragma: no co
 def _leaf_lattice(
     slab, base, sj, sk, lx, ly, lz, ids, soa, lev, order, m, work, T, T32, Gl, b1A, b2A, b1B, b2B, qv, lA, lB, screen, orig
 ):  # pragma: no cover - compiled
-    """Exact labels of the ``lx * ly * lz`` sites of a leaf: site ``(i, j, k)`` gets ``slab[base + k sk + j sj + i] = orig[c] + 1``.
+    """Exact labels of the ``lx * ly * lz`` sites of a leaf: site ``(i, j, k)`` gets ``slab[base + k sk + j sj + i] = orig[c] + 1``
+    (``c + 1`` where ``orig`` is empty).
 
     The float32 screen (see the engine notes): every candidate, in increasing
     lower bound, is evaluated in float32 (8 sites per AVX2 instruction), keeping
@@ -639,6 +640,7 @@ def _leaf_lattice(
     from ``Gl`` by cell.
     """
     nv = T.shape[1]
+    remap = orig.shape[0] > 0
     inf32 = np.float32(np.inf)
     zero32 = np.float32(0.0)
     pad32 = np.float32(1.0 + 1e-5)
@@ -748,7 +750,8 @@ def _leaf_lattice(
             row = np.uint64(base + kk * sk + jj * sj)  # unsigned: no wraparound test, so plain stores
             v0 = np.uint64((kk * ly + jj) * lx)
             for ii in range(lx):
-                slab[row + np.uint64(ii)] = orig[lA[v0 + np.uint64(ii)]] + 1
+                c = lA[v0 + np.uint64(ii)]
+                slab[row + np.uint64(ii)] = (orig[c] if remap else c) + 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -770,7 +773,7 @@ def _leaf_points(out, b, X, bstart, ids, soa, order, m, low, orig):  # pragma: n
                 + 2.0 * (soa[4, t] * dx * dy + soa[5, t] * dx * dz + soa[7, t] * dy * dz)
             )
             f = np.sqrt(max(q, 0.0)) - soa[9, t]
-            c = orig[ids[t]]
+            c = orig[ids[t]] if orig.shape[0] else ids[t]
             if f < best or (f == best and c < lab):
                 best = f
                 lab = c
@@ -1099,7 +1102,8 @@ def _descend_worker(
     label buffer) belongs to the calling thread. Leaves are labelled in
     ``out_grid`` (lattice mode) or ``out_pts`` (points mode, ``X`` non-empty);
     slabs are disjoint parts of the output. Cells are numbered in the
-    engine's order (:func:`_spatial_order`); the output gets ``orig[c] + 1``.
+    engine's order (:func:`_spatial_order`); the output gets ``orig[c] + 1``
+    (``orig`` empty: the input was in that order, ``c + 1``).
     """
     nl = sizes.shape[0]
     shape_z = sat.shape[0] - 1 if X.shape[0] > 0 else out_grid.shape[0]
@@ -1179,7 +1183,7 @@ def _descend_worker(
                     # One survivor: it is strictly better than every dropped cell everywhere in the
                     # block (engine notes), so it owns every site, ties included; no descent.
                     _fill_block(slab, ((iz - tz0) * sy + (iy - ty0)) * sxp + ix - tx0, sxp, sy * sxp, cxy, cxy, czz,
-                                orig[ids[lev, keep[0]]] + 1)
+                                (orig[ids[lev, keep[0]]] if orig.shape[0] else ids[lev, keep[0]]) + 1)
                     continue
                 if is_leaf:
                     _lower(soa, ids, Gl, lev, keep, m, cx, cy, cz, A, qc, pp, lin, sl, low, hi)
@@ -1450,8 +1454,8 @@ def _run_tree(
     flat = shape3[0] == 1
     sxy, sz = _level_sizes(shape3, leaf_xy, flat)
     perm = _spatial_order(S, o, A, 2 * leaf_xy)  # the engine's cell c is input cell perm[c]
-    if perm is None:
-        perm = np.arange(len(S), dtype=np.int32)
+    if perm is None:  # in order already: no renumbering
+        perm = np.zeros(0, np.int32)
     else:
         S, Mu, r = S[perm], Mu[perm], r[perm]
     hxy = 0.5 * (sxy - 1) + hpad
