@@ -743,27 +743,25 @@ def assemble(
     radius_range = shell_radius_range(coefficients)  # once: the region mask and the inside test both use it
     grid: dict[str, Any] = {"origin": i0 * h, "spacing": h}
     zyx = tuple(int(v) for v in shape[::-1])
-    if pad_px is None:
-        lab = arch.gbpd().label_grid(zyx, out=_label_buffer(zyx), **grid)
-        counts, mean, lo, hi, open_ = cell_moments(lab, n)
-        kept = _kept(coefficients, to_ct, radius_range, i0, h, counts, mean)
+    if pad_px is None:  # the whole box, in one round
+        region = mask = np.ones(tuple(-(-v // _MASK_BLOCK) for v in zyx), bool)
     else:
         start = float(pad_px if start_pad_px is None else start_pad_px)
         region, mask = _region_masks(coefficients, 1.0 / to_ct, i0, shape, h, (float(pad_px), start), radius_range)
-        # cells in the labelling engine's order (its tables are read in order, the labels need no
-        # mapping back); the moments are mapped to the architecture's numbering
-        gbpd, perm = arch.gbpd().in_grid_order(**grid)
-        rows = np.concatenate([[0], perm + 1])
-        lab = gbpd.label_grid(zyx, mask=mask, mask_block=_MASK_BLOCK, out=_label_buffer(zyx), **grid)  # stale outside the mask
-        while True:
-            counts, mean, lo, hi, open_ = (_renumbered(a, rows) for a in cell_moments(lab, n, mask, _MASK_BLOCK))
-            kept = _kept(coefficients, to_ct, radius_range, i0, h, counts, mean)
-            grow = kept[open_[kept + 1]]  # kept cells not yet whole get the region's blocks around them
-            add = _blocks_around(lo[grow + 1], hi[grow + 1], mask.shape) & region & ~mask if grow.size else None
-            if add is None or not add.any():
-                break
-            gbpd.label_grid(zyx, mask=add, mask_block=_MASK_BLOCK, out=lab, **grid)  # the rest of ``lab`` is kept
-            mask |= add
+    # cells in the labelling engine's order (its tables are read in order, the labels need no
+    # mapping back); the moments are mapped to the architecture's numbering
+    gbpd, perm = arch.gbpd().in_grid_order(**grid)
+    rows = np.concatenate([[0], perm + 1])
+    lab = gbpd.label_grid(zyx, mask=mask, mask_block=_MASK_BLOCK, out=_label_buffer(zyx), **grid)  # stale outside the mask
+    while True:
+        counts, mean, lo, hi, open_ = (_renumbered(a, rows) for a in cell_moments(lab, n, mask, _MASK_BLOCK))
+        kept = _kept(coefficients, to_ct, radius_range, i0, h, counts, mean)
+        grow = kept[open_[kept + 1]]  # kept cells not yet whole get the region's blocks around them
+        add = _blocks_around(lo[grow + 1], hi[grow + 1], mask.shape) & region & ~mask if grow.size else None
+        if add is None or not add.any():
+            break
+        gbpd.label_grid(zyx, mask=add, mask_block=_MASK_BLOCK, out=lab, **grid)  # the rest of ``lab`` is kept
+        mask |= add
     if kept.size == 0:
         raise StereograinError("no grain's centre of mass lies inside the shell; the shell is smaller than one grain")
     if np.any(open_[kept + 1]):

@@ -594,6 +594,12 @@ _U32 = 2.0**-24  # unit roundoff of float32
 _MAX_S32 = 1e30  # a leaf whose float32 terms could exceed this (overflow) is evaluated in float64 only
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _input_index(orig, c):  # pragma: no cover - compiled
+    """The input index of the engine's cell ``c`` (``orig`` empty: the input is in the engine's order)."""
+    return orig[c] if orig.shape[0] else c
+
+
 @numba.njit(cache=True, nogil=True)
 def _site_exact(v, ids, soa, lev, order, m, work, T, Gl, orig):  # pragma: no cover - compiled
     """Exact (float64) cell of leaf site ``v``: candidates in increasing ``low``, ties to the lowest input index ``orig``."""
@@ -611,7 +617,7 @@ def _site_exact(v, ids, soa, lev, order, m, work, T, Gl, orig):  # pragma: no co
         )
         q = q if q > 0.0 else 0.0
         f = np.sqrt(q) - soa[lev, 9, t]
-        oc = orig[c] if orig.shape[0] else c
+        oc = _input_index(orig, c)
         if f < best or (f == best and oc < lab_o):
             best = f
             lab = c
@@ -642,7 +648,6 @@ def _leaf_lattice(
     from ``Gl`` by cell.
     """
     nv = T.shape[1]
-    remap = orig.shape[0] > 0
     inf32 = np.float32(np.inf)
     zero32 = np.float32(0.0)
     pad32 = np.float32(1.0 + 1e-5)
@@ -752,13 +757,12 @@ def _leaf_lattice(
             row = np.uint64(base + kk * sk + jj * sj)  # unsigned: no wraparound test, so plain stores
             v0 = np.uint64((kk * ly + jj) * lx)
             for ii in range(lx):
-                c = lA[v0 + np.uint64(ii)]
-                slab[row + np.uint64(ii)] = (orig[c] if remap else c) + 1
+                slab[row + np.uint64(ii)] = _input_index(orig, lA[v0 + np.uint64(ii)]) + 1
 
 
 @numba.njit(cache=True, nogil=True)
-def _leaf_points(out, b, X, bstart, ids, soa, order, m, low, orig):  # pragma: no cover - compiled
-    """Exact labels ``orig[c] + 1`` of the points of bucket ``b`` (rows ``bstart[b]:bstart[b+1]`` of ``X``); ties to the lowest ``orig``."""
+def _leaf_points(out, b, X, bstart, ids, soa, order, m, low):  # pragma: no cover - compiled
+    """Exact labels of the points of bucket ``b`` (rows ``bstart[b]:bstart[b+1]`` of ``X``; cells in the input order)."""
     for a in range(bstart[b], bstart[b + 1]):
         x0, x1, x2 = X[a, 0], X[a, 1], X[a, 2]
         best = np.inf
@@ -775,7 +779,7 @@ def _leaf_points(out, b, X, bstart, ids, soa, order, m, low, orig):  # pragma: n
                 + 2.0 * (soa[4, t] * dx * dy + soa[5, t] * dx * dz + soa[7, t] * dy * dz)
             )
             f = np.sqrt(max(q, 0.0)) - soa[9, t]
-            c = orig[ids[t]] if orig.shape[0] else ids[t]
+            c = ids[t]
             if f < best or (f == best and c < lab):
                 best = f
                 lab = c
@@ -825,6 +829,17 @@ def _site(o, A, tx, ty, tz):  # pragma: no cover - compiled
     return cx, cy, cz
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _lattice_coords(S, j, o, Ainv):  # pragma: no cover - compiled
+    """Seed ``j``'s lattice coordinates ``(s_j - o) A^-1`` (x y z, in sites)."""
+    dx, dy, dz = S[j, 0] - o[0], S[j, 1] - o[1], S[j, 2] - o[2]
+    return (
+        dx * Ainv[0, 0] + dy * Ainv[1, 0] + dz * Ainv[2, 0],
+        dx * Ainv[0, 1] + dy * Ainv[1, 1] + dz * Ainv[2, 1],
+        dx * Ainv[0, 2] + dy * Ainv[1, 2] + dz * Ainv[2, 2],
+    )
+
+
 @numba.njit(cache=True, nogil=True)
 def _bin_seeds(S, Mu, r, Rleaf, o, Ainv, leaf, nb):  # pragma: no cover - compiled
     """The seeds by leaf bin of the lattice, one bin of margin around it: ``(start (nbins + 1,), F (m, 12))``.
@@ -841,10 +856,10 @@ def _bin_seeds(S, Mu, r, Rleaf, o, Ainv, leaf, nb):  # pragma: no cover - compil
     kxs = np.empty(n, np.int64)
     count = np.zeros(bx * by * bz + 1, np.int64)
     for j in range(n):
-        dx, dy, dz = S[j, 0] - o[0], S[j, 1] - o[1], S[j, 2] - o[2]
-        kx = np.floor((dx * Ainv[0, 0] + dy * Ainv[1, 0] + dz * Ainv[2, 0] + 0.5) / leaf) + 1
-        ky = np.floor((dx * Ainv[0, 1] + dy * Ainv[1, 1] + dz * Ainv[2, 1] + 0.5) / leaf) + 1
-        kz = np.floor((dx * Ainv[0, 2] + dy * Ainv[1, 2] + dz * Ainv[2, 2] + 0.5) / leaf) + 1
+        tx, ty, tz = _lattice_coords(S, j, o, Ainv)
+        kx = np.floor((tx + 0.5) / leaf) + 1
+        ky = np.floor((ty + 0.5) / leaf) + 1
+        kz = np.floor((tz + 0.5) / leaf) + 1
         if 0 <= kx < bx and 0 <= ky < by and 0 <= kz < bz:
             key[j] = (int(kz) * by + int(ky)) * bx + int(kx)
             kxs[j] = int(kx)
@@ -1185,14 +1200,14 @@ def _descend_worker(
                     # One survivor: it is strictly better than every dropped cell everywhere in the
                     # block (engine notes), so it owns every site, ties included; no descent.
                     _fill_block(slab, ((iz - tz0) * sy + (iy - ty0)) * sxp + ix - tx0, sxp, sy * sxp, cxy, cxy, czz,
-                                (orig[ids[lev, keep[0]]] if orig.shape[0] else ids[lev, keep[0]]) + 1)
+                                _input_index(orig, ids[lev, keep[0]]) + 1)
                     continue
                 if is_leaf:
                     _lower(soa, ids, Gl, lev, keep, m, cx, cy, cz, A, qc, pp, lin, sl, low, hi)
                     _sort_by(low, keep, m, order)
                     if points_mode:
                         b = (iz * shape_y + iy) * shape_x + ix
-                        _leaf_points(out_pts, b, X, bstart, ids[lev], soa[lev], order, m, low, orig)
+                        _leaf_points(out_pts, b, X, bstart, ids[lev], soa[lev], order, m, low)
                     else:
                         base = ((iz - tz0) * sy + (iy - ty0)) * sxp + ix - tx0
                         _leaf_lattice(
@@ -1402,25 +1417,24 @@ def _morton_keys(S, o, Ainv, w):  # pragma: no cover - compiled
     n = S.shape[0]
     key = np.empty(n, np.int64)
     for j in range(n):
-        dx, dy, dz = S[j, 0] - o[0], S[j, 1] - o[1], S[j, 2] - o[2]
+        t = _lattice_coords(S, j, o, Ainv)
         k = np.int64(0)
         for a in range(3):
-            t = (dx * Ainv[0, a] + dy * Ainv[1, a] + dz * Ainv[2, a]) / w + 1.0
-            b = np.int64(min(max(t, 0.0), 1023.0))
+            b = np.int64(min(max(t[a] / w + 1.0, 0.0), 1023.0))
             for bit in range(10):
                 k |= ((b >> bit) & 1) << (3 * bit + a)
         key[j] = k
     return key
 
 
-def _spatial_order(S: np.ndarray, o: np.ndarray, A: np.ndarray, w: float) -> np.ndarray | None:
-    """The engine's cell order (engine notes): the seeds in z-order of bins of ``w`` lattice sites.
+def _spatial_order(S: np.ndarray, o: np.ndarray, A: np.ndarray, leaf: int) -> np.ndarray | None:
+    """The engine's cell order on a 3D lattice (engine notes): the seeds in z-order of bins of two leaves.
 
     Returns a permutation ``(n,)`` int32, or None where the seeds are in that
     order already. Any order gives the same labels (ties go by the input
     index), so the sort need not be stable.
     """
-    key = _morton_keys(S, o, np.linalg.pinv(A), float(w))
+    key = _morton_keys(S, o, np.linalg.inv(A), 2.0 * leaf)
     if np.all(key[1:] >= key[:-1]):
         return None
     return np.argsort(key).astype(np.int32)
@@ -1457,7 +1471,7 @@ def _run_tree(
     sxy, sz = _level_sizes(shape3, leaf_xy, flat)
     # the engine's cell c is input cell perm[c]; planes, 2D grids and points keep the input
     # order (a plane through a 3D diagram reads a few of its cells: sorting them all costs more)
-    perm = None if flat or X.shape[0] else _spatial_order(S, o, A, 2 * leaf_xy)
+    perm = None if flat or X.shape[0] else _spatial_order(S, o, A, leaf_xy)
     if perm is None:  # in order already: no renumbering
         perm = np.zeros(0, np.int32)
     else:
@@ -1834,7 +1848,7 @@ class GBPD:
             return self, np.arange(self.n)
         o = _vector(origin, 3, "origin")
         A = np.eye(3) * _check_spacing(spacing)
-        perm = _spatial_order(self.seeds, o, A, 2 * _LEAF_3D)
+        perm = _spatial_order(self.seeds, o, A, _LEAF_3D)
         if perm is None:
             return self, np.arange(self.n)
         perm = perm.astype(np.int64)
